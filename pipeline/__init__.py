@@ -1,0 +1,1 @@
+"""A Transformer translation pipeline: data -> tokenizer -> batches -> model -> decoding -> BLEU."""

@@ -1,0 +1,124 @@
+"""Scaled dot-product attention, its masks, and the one multi-head attention module that
+serves encoder self-attention, decoder causal self-attention and cross-attention.
+
+Masks are boolean and broadcast against scores of shape (B, h, Tq, Tk): True means
+"this query may attend to this key".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
+    """(B, T) token ids -> (B, 1, 1, T) mask, False at padding keys."""
+    return (ids != pad_id)[:, None, None, :]
+
+
+def causal_mask(size: int, device: torch.device | None = None) -> Tensor:
+    """(1, 1, T, T) lower-triangular mask: position i sees keys 0..i only."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril()[None, None]
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                                 dropout: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    """softmax(q kᵀ / √d_k) v, the readable reference.
+
+    q: (B, h, Tq, d_k), k and v: (B, h, Tk, d_k), mask: broadcastable to (B, h, Tq, Tk).
+    Returns the output (B, h, Tq, d_k) and the attention weights (B, h, Tq, Tk).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return weights @ v, weights
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer kept between decoding steps.
+
+    Self-attention appends one step at a time; cross-attention fills it once per source.
+    k, v: (B, h, T, d_k).
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (beam search moves hypotheses between beams)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+
+class MultiHeadAttention(nn.Module):
+    """h heads of scaled dot-product attention with projections W_Q, W_K, W_V and W_O.
+
+    `fused=True` uses `F.scaled_dot_product_attention` (same maths, fewer copies) unless the
+    caller asks for the weights; a test checks both paths agree.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, fused: bool = True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads, self.d_k, self.fused = n_heads, d_model // n_heads, fused
+        self.w_q = nn.Linear(d_model, d_model)
+        self.w_k = nn.Linear(d_model, d_model)
+        self.w_v = nn.Linear(d_model, d_model)
+        self.w_o = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.weights: Tensor | None = None  # (B, h, Tq, Tk), kept only when need_weights
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, T, d_model) -> (B, h, T, d_k)"""
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.d_k).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, d_model) -> keys and values, each (B, h, T, d_k)."""
+        return self.split_heads(self.w_k(x)), self.split_heads(self.w_v(x))
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                cache: KVCache | None = None, static_kv: bool = False,
+                need_weights: bool = False) -> Tensor:
+        """Attend from x (B, Tq, d_model) to context (B, Tk, d_model), or to x itself.
+
+        With a cache: self-attention (static_kv=False) appends this step's keys/values;
+        cross-attention (static_kv=True) projects the context once and reuses it.
+        Returns (B, Tq, d_model); the weights are kept in `self.weights` if need_weights.
+        """
+        q = self.split_heads(self.w_q(x))  # (B, h, Tq, d_k)
+        source = x if context is None else context
+        if cache is None:
+            k, v = self.project_kv(source)
+        elif static_kv:
+            if cache.k is None:
+                cache.append(*self.project_kv(source))
+            k, v = cache.k, cache.v
+        else:
+            k, v = cache.append(*self.project_kv(source))  # (B, h, Tk, d_k)
+        if self.fused and not need_weights:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0)
+            self.weights = None
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout)
+            self.weights = weights.detach() if need_weights else None
+        B, _, Tq, _ = out.shape
+        return self.w_o(out.transpose(1, 2).reshape(B, Tq, self.n_heads * self.d_k))

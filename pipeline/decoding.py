@@ -1,0 +1,98 @@
+"""Batched greedy decoding and beam search with a key/value cache.
+
+Both start every hypothesis from BOS, stop a row at EOS and never run past `max_len` new
+tokens. The model only needs `encode`, `decode(tgt, memory, src_mask, cache)` and
+`new_cache()`, so the search can be tested on a hand-made model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pipeline.tokenizer import BOS, EOS, PAD
+
+
+def max_new_tokens(src: Tensor, ratio: float, extra: int) -> int:
+    """Bound on generated tokens: ratio * longest source + extra."""
+    return int((src != PAD).sum(1).max().item() * ratio) + extra
+
+
+@torch.no_grad()
+def greedy_decode(model, src: Tensor, max_len: int, use_cache: bool = True) -> Tensor:
+    """(B, S) source ids -> (B, ≤max_len) token ids (no BOS), EOS then PAD after it ends."""
+    memory, src_mask = model.encode(src)
+    B = src.size(0)
+    out = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    cache = model.new_cache() if use_cache else None
+    for _ in range(max_len):
+        step_input = out[:, -1:] if use_cache else out
+        logits = model.decode(step_input, memory, src_mask, cache)[:, -1]  # (B, V)
+        token = logits.argmax(-1).masked_fill(done, PAD)
+        out = torch.cat([out, token[:, None]], dim=1)
+        done |= token == EOS
+        if done.all():
+            break
+    return out[:, 1:]
+
+
+def length_penalty(length: Tensor, alpha: float) -> Tensor:
+    """Score divisor length^alpha (alpha=0: raw log-probability, 1: per-token average)."""
+    return length.float() ** alpha
+
+
+@torch.no_grad()
+def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Batched beam search.
+
+    Each step extends every alive hypothesis, keeps the 2·beam best continuations, moves
+    those ending in EOS to the finished pool (scored log p / length^alpha, EOS counted) and
+    keeps the best `beam` others alive. A sentence is done when it has `beam` finished
+    hypotheses; at max_len the alive ones count as finished.
+
+    src: (B, S). Returns tokens (B, T) of each sentence's best hypothesis (no BOS, EOS then
+    PAD) and its score (B,).
+    """
+    B, k, device = src.size(0), beam, src.device
+    memory, src_mask = model.encode(src)
+    memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)  # (B*k, ...)
+    cache = model.new_cache()
+    alive = torch.full((B, k, 1), BOS, dtype=torch.long, device=device)  # (B, k, t)
+    alive_logp = torch.full((B, k), float("-inf"), device=device)
+    alive_logp[:, 0] = 0.0  # all beams start identical: only the first may expand
+    fin_tokens = torch.full((B, k, max_len + 1), PAD, dtype=torch.long, device=device)
+    fin_score = torch.full((B, k), float("-inf"), device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    rank = torch.arange(2 * k, device=device)[None]  # (1, 2k): candidates come sorted
+    batch_offset = (torch.arange(B, device=device) * k)[:, None]  # (B, 1)
+    for t in range(1, max_len + 1):
+        logits = model.decode(alive[:, :, -1].reshape(B * k, 1), memory, src_mask, cache)[:, -1]
+        logp = logits.float().log_softmax(-1).view(B, k, -1)  # (B, k, V)
+        V = logp.size(-1)
+        cand_logp, cand = (alive_logp[..., None] + logp).view(B, k * V).topk(2 * k, dim=1)  # (B, 2k)
+        cand_beam, cand_token = cand // V, cand % V
+        cand_seq = torch.cat([alive.gather(1, cand_beam[..., None].expand(-1, -1, t)), cand_token[..., None]], 2)
+        is_eos = cand_token == EOS
+        # Only the top k candidates may finish (otherwise beam 1 could stop on a runner-up
+        # EOS), and a sentence that is done keeps its pool, whatever else is in the batch.
+        ends = (is_eos | (t == max_len)) & (rank < k) & ~done[:, None]
+        end_score = torch.where(ends, cand_logp / length_penalty(torch.tensor(t, device=device), alpha),
+                                torch.full_like(cand_logp, float("-inf")))
+        padded = torch.full((B, 2 * k, max_len + 1), PAD, dtype=torch.long, device=device)
+        padded[:, :, :t + 1] = cand_seq
+        fin_score, pick = torch.cat([fin_score, end_score], 1).topk(k, dim=1)
+        fin_tokens = torch.cat([fin_tokens, padded], 1).gather(1, pick[..., None].expand(-1, -1, max_len + 1))
+        done = fin_score[:, -1] > float("-inf")
+        if bool(done.all()):
+            break
+        # Alive: the best k continuations that are not EOS (each beam adds at most one EOS,
+        # so at least k of the 2k candidates remain).
+        alive_logp, pick = cand_logp.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
+        alive = cand_seq.gather(1, pick[..., None].expand(-1, -1, t + 1))
+        source_beam = cand_beam.gather(1, pick)  # (B, k)
+        for self_cache, _ in cache:  # cross-attention keys are the same for every beam
+            self_cache.reorder((batch_offset + source_beam).view(-1))
+    best = fin_tokens[:, 0, 1:]  # (B, max_len)
+    length = int((best != PAD).sum(1).max().item())
+    return best[:, :max(length, 1)], fin_score[:, 0]

@@ -1,0 +1,212 @@
+"""The Transformer encoder-decoder (Vaswani et al., 2017), written out layer by layer.
+
+Reads top to bottom: config -> embeddings and positions -> feed-forward -> encoder layer ->
+decoder layer -> the model with `encode()` / `decode()`. Pre-norm is the default (stabler
+on small data); `pre_norm=False` gives the paper's post-norm, which is what Marian uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.attention import KVCache, MultiHeadAttention, causal_mask, padding_mask
+from pipeline.tokenizer import PAD
+
+
+@dataclass
+class TransformerConfig:
+    """Everything that fixes the architecture; saved in every checkpoint."""
+
+    vocab_size: int = 8000  # joint source/target BPE vocabulary
+    d_model: int = 256  # width of the residual stream
+    n_heads: int = 4  # attention heads; d_model must divide by it
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    d_ff: int = 1024  # inner width of the position-wise feed-forward network
+    dropout: float = 0.1  # on embeddings and every residual branch
+    attention_dropout: float = 0.0  # on attention weights
+    activation_dropout: float = 0.0  # inside the feed-forward network
+    pre_norm: bool = True  # LayerNorm before each sub-layer (False: after, as in the paper)
+    tie_embeddings: bool = True  # share source, target and output embeddings
+    max_positions: int = 1024  # longest sequence the positional table covers
+    fused_attention: bool = True  # F.scaled_dot_product_attention when weights are not needed
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        for name in ("vocab_size", "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sinusoidal_positions(max_positions: int, d_model: int) -> Tensor:
+    """(max_positions, d_model) table: sin(pos / 10000^(2i/d)) in the first half of the
+    features and cos(...) of the same frequencies in the second half (the tensor2tensor and
+    Marian layout of the paper's interleaved formula, so weights export to Marian as-is)."""
+    half = d_model // 2
+    position = torch.arange(max_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) * 2 / d_model)
+    angles = position * inv_freq  # (P, d/2)
+    table = torch.zeros(max_positions, d_model)
+    table[:, :half] = torch.sin(angles)
+    table[:, half: 2 * half] = torch.cos(angles)
+    return table
+
+
+class Embeddings(nn.Module):
+    """Token embedding scaled by √d_model plus the fixed sinusoidal position signal."""
+
+    def __init__(self, embedding: nn.Embedding, max_positions: int, dropout: float):
+        super().__init__()
+        self.embedding = embedding
+        self.scale = math.sqrt(embedding.embedding_dim)
+        self.register_buffer("positions", sinusoidal_positions(max_positions, embedding.embedding_dim),
+                             persistent=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
+        """(B, T) ids, first at position `offset` -> (B, T, d_model)"""
+        T = ids.size(1)
+        if offset + T > self.positions.size(0):
+            raise ValueError(f"sequence of {offset + T} tokens exceeds model.max_positions={self.positions.size(0)}")
+        return self.dropout(self.embedding(ids) * self.scale + self.positions[offset: offset + T])
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear(d, d_ff) -> ReLU -> dropout -> Linear(d_ff, d)."""
+
+    def __init__(self, d_model: int, d_ff: int, activation_dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
+
+
+class Residual(nn.Module):
+    """x + dropout(sublayer(norm(x))) in pre-norm, norm(x + dropout(sublayer(x))) in post-norm."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention over the source, then the feed-forward network."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, cfg.fused_attention)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.res_attn = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.res_ffn = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(self, x: Tensor, src_mask: Tensor, need_weights: bool = False) -> Tensor:
+        """x: (B, S, d_model), src_mask: (B, 1, 1, S) -> (B, S, d_model)"""
+        x = self.res_attn(x, lambda h: self.self_attn(h, mask=src_mask, need_weights=need_weights))
+        return self.res_ffn(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder output, feed-forward."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        attn = lambda: MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, cfg.fused_attention)  # noqa: E731
+        self.self_attn, self.cross_attn = attn(), attn()
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.res_self = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.res_cross = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.res_ffn = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(self, y: Tensor, memory: Tensor, tgt_mask: Tensor, src_mask: Tensor,
+                cache: tuple[KVCache, KVCache] | None = None, need_weights: bool = False) -> Tensor:
+        """y: (B, T, d_model), memory: (B, S, d_model), tgt_mask: (B|1, 1, T, T_total),
+        src_mask: (B, 1, 1, S); cache: (self-attention, cross-attention) -> (B, T, d_model)"""
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+        y = self.res_self(y, lambda h: self.self_attn(h, mask=tgt_mask, cache=self_cache, need_weights=need_weights))
+        y = self.res_cross(y, lambda h: self.cross_attn(h, memory, src_mask, cache=cross_cache, static_kv=True,
+                                                        need_weights=need_weights))
+        return self.res_ffn(y, self.ffn)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer with an LM head over the joint vocabulary."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        src_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD)
+        tgt_embedding = src_embedding if cfg.tie_embeddings else nn.Embedding(cfg.vocab_size, cfg.d_model,
+                                                                              padding_idx=PAD)
+        self.src_embed = Embeddings(src_embedding, cfg.max_positions, cfg.dropout)
+        self.tgt_embed = Embeddings(tgt_embedding, cfg.max_positions, cfg.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        # Pre-norm leaves the residual stream un-normalised, so each stack ends with a norm.
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = tgt_embedding.weight
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+        for embed in (self.src_embed.embedding, self.tgt_embed.embedding):
+            nn.init.normal_(embed.weight, std=self.cfg.d_model ** -0.5)
+            nn.init.zeros_(embed.weight[PAD])
+
+    def encode(self, src: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor]:
+        """(B, S) source ids -> memory (B, S, d_model) and its padding mask (B, 1, 1, S)."""
+        src_mask = padding_mask(src, PAD)
+        x = self.src_embed(src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask, need_weights)
+        return self.encoder_norm(x), src_mask
+
+    def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor,
+               cache: list[tuple[KVCache, KVCache]] | None = None, need_weights: bool = False) -> Tensor:
+        """(B, T) target ids -> logits (B, T, vocab).
+
+        Without a cache, tgt is the whole prefix and the causal mask hides the future. With a
+        cache (see `new_cache`), tgt holds only the new step(s) after the cached ones.
+        """
+        offset = len(cache[0][0]) if cache else 0
+        T = tgt.size(1)
+        tgt_mask = causal_mask(offset + T, tgt.device)[:, :, offset:]  # (1, 1, T, offset+T)
+        if cache is None:
+            tgt_mask = tgt_mask & padding_mask(tgt, PAD)
+        y = self.tgt_embed(tgt, offset)
+        for i, layer in enumerate(self.decoder_layers):
+            y = layer(y, memory, tgt_mask, src_mask, cache[i] if cache else None, need_weights)
+        return self.lm_head(self.decoder_norm(y))
+
+    def new_cache(self) -> list[tuple[KVCache, KVCache]]:
+        """Empty (self-attention, cross-attention) caches, one pair per decoder layer."""
+        return [(KVCache(), KVCache()) for _ in self.decoder_layers]
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Teacher forcing: (B, S) source, (B, T) shifted target -> logits (B, T, vocab)."""
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt, memory, src_mask)

@@ -1,0 +1,69 @@
+"""Joint BPE tokenizer (Hugging Face `tokenizers`), lossless on any Unicode text.
+
+Special ids are fixed so that the model, the batches and the decoders agree without
+passing them around: <pad>=0, <s>=1 (BOS), </s>=2 (EOS), <unk>=3. Byte fallback makes
+unseen characters (rare Hangul syllables, emoji) decode back exactly instead of to <unk>.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a BPE tokenizer on `texts` (source and target sentences together)."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS + BYTE_TOKENS,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    # The trainer registers the byte tokens as special added tokens, which would make
+    # decode(skip_special_tokens=True) drop them and make literal "<0x41>" in text match
+    # one; they only need to be in the BPE vocabulary, so unregister them.
+    data = json.loads(tokenizer.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in SPECIAL_TOKENS]
+    return load_tokenizer(json.dumps(data))
+
+
+def check_special_ids(tokenizer: Tokenizer) -> None:
+    """Raise ValueError unless the tokenizer maps the special tokens to the fixed ids."""
+    for expected, token in enumerate(SPECIAL_TOKENS):
+        if tokenizer.token_to_id(token) != expected:
+            raise ValueError(f"tokenizer maps {token} to {tokenizer.token_to_id(token)}, expected {expected}: "
+                             "it was not made by pipeline.tokenizer.train_tokenizer")
+
+
+def load_tokenizer(json_str: str) -> Tokenizer:
+    """Rebuild a tokenizer from its JSON (as stored in `tokenizer.json` or a checkpoint)."""
+    tokenizer = Tokenizer.from_str(json_str)
+    check_special_ids(tokenizer)
+    return tokenizer
+
+
+def normalize(tokenizer: Tokenizer, text: str) -> str:
+    """The text as the tokenizer sees it (NFKC, outer whitespace stripped): the round trip
+    decode(encode(x)) == normalize(x) holds for any x."""
+    return tokenizer.normalizer.normalize_str(text.strip())
+
+
+def encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without BOS/EOS; the batch collator adds them where each side needs them."""
+    return [e.ids for e in tokenizer.encode_batch([t.strip() for t in texts], add_special_tokens=False)]
+
+
+def decode(tokenizer: Tokenizer, ids: list[list[int]]) -> list[str]:
+    """Detokenized text; ids may include specials (they are skipped) and stop at the first EOS."""
+    cut = [row[: row.index(EOS)] if EOS in row else row for row in ids]
+    return tokenizer.decode_batch(cut, skip_special_tokens=True)
