@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ commands:
   fit | validate | test   train or check a model (LightningCLI: --config configs/NAME.yaml, --help)
   evaluate                BLEU/chrF of a checkpoint on a dataset split
   translate               translate stdin (one sentence a line) or --text
+  attention               attention heatmaps (PNG) of a checkpoint on one sentence
+  export                  write a Hugging Face MarianMT directory
 """
 
 
@@ -165,6 +168,11 @@ def translate(argv: list[str]) -> None:
 
 
 COMMANDS = {"evaluate": evaluate, "translate": translate}
+# Commands that live in their own module, each with a `main(argv)`; imported only when used.
+MODULE_COMMANDS = {
+    "attention": "pipeline.attention_maps",
+    "export": "pipeline.export",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[0] in COMMANDS:
             COMMANDS[argv[0]](argv[1:])
+        elif argv[0] in MODULE_COMMANDS:
+            importlib.import_module(MODULE_COMMANDS[argv[0]]).main(argv[1:])
         else:
             lightning_cli(argv)
     except UserError as e:

@@ -51,8 +51,8 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
     keeps the best `beam` others alive. A sentence is done when it has `beam` finished
     hypotheses; at max_len the alive ones count as finished.
 
-    src: (B, S). Returns tokens (B, T) of each sentence's best hypothesis (no BOS, EOS then
-    PAD) and its score (B,).
+    src: (B, S). Returns each sentence's `beam` finished hypotheses, best first: tokens
+    (B, beam, T) (no BOS; EOS then PAD) and scores (B, beam).
     """
     B, k, device = src.size(0), beam, src.device
     memory, src_mask = model.encode(src)
@@ -93,6 +93,6 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
         source_beam = cand_beam.gather(1, pick)  # (B, k)
         for self_cache, _ in cache:  # cross-attention keys are the same for every beam
             self_cache.reorder((batch_offset + source_beam).view(-1))
-    best = fin_tokens[:, 0, 1:]  # (B, max_len)
-    length = int((best != PAD).sum(1).max().item())
-    return best[:, :max(length, 1)], fin_score[:, 0]
+    tokens = fin_tokens[:, :, 1:]  # (B, k, max_len)
+    length = int((tokens != PAD).sum(-1).max().item())
+    return tokens[:, :, :max(length, 1)], fin_score

@@ -142,7 +142,7 @@ class TranslationModule(L.LightningModule):
                       self.config.max_positions - 1)
         if beam == 1:
             return greedy_decode(self.model, src, max_len)
-        return beam_search(self.model, src, beam, max_len, self.hparams.length_penalty)[0]
+        return beam_search(self.model, src, beam, max_len, self.hparams.length_penalty)[0][:, 0]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self.model(batch.src, batch.tgt_in)
