@@ -8,7 +8,7 @@ Masks are boolean and broadcast against scores of shape (B, h, Tq, Tk): True mea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +46,55 @@ class KVCache:
     """Keys and values of one attention layer kept between decoding steps.
 
     Self-attention appends one step at a time; cross-attention fills it once per source.
-    k, v: (B, h, T, d_k).
+    k, v: (B, h, T, d_k). Once a cache grows past its first fill, k and v are views of buffers
+    with room for up to GROW more steps, so appending a step writes only that step instead
+    of copying the whole cache as torch.cat would (O(T) per step, O(T²) per sentence).
     """
+
+    GROW = 16  # steps of spare room added when a buffer is full
 
     k: Tensor | None = None
     v: Tensor | None = None
+    _buffers: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        if self.k is None:  # first fill: keep as is (a cross-attention cache never grows)
+            self.k, self.v, self._buffers = k, v, None
+            return self.k, self.v
+        n, end = len(self), len(self) + k.size(2)
+        if not self._in_buffers() or self._buffers[0].size(2) < end:
+            self._buffers = tuple(self._grow(old, end + self.GROW) for old in (self.k, self.v))
+        buf_k, buf_v = self._buffers
+        buf_k[:, :, n:end] = k
+        buf_v[:, :, n:end] = v
+        self.k, self.v = buf_k[:, :, :end], buf_v[:, :, :end]
         return self.k, self.v
 
     def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` (beam search moves hypotheses between beams)."""
-        if self.k is not None:
+        """Keep rows `index` (beam search moves hypotheses between beams; decoders drop
+        finished rows). Makes new tensors: views handed out earlier stay valid."""
+        if self.k is None:
+            return
+        if not self._in_buffers():
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            return
+        # Selecting whole buffers (spare room included) is one contiguous copy per row,
+        # faster than gathering the strided views of their filled part.
+        n = len(self)
+        self._buffers = tuple(buf.index_select(0, index) for buf in self._buffers)
+        self.k, self.v = self._buffers[0][:, :, :n], self._buffers[1][:, :, :n]
+
+    def _in_buffers(self) -> bool:
+        """Whether k and v are still the views of the buffers (nobody assigned them since)."""
+        return (self._buffers is not None and self.k.data_ptr() == self._buffers[0].data_ptr()
+                and self.v.data_ptr() == self._buffers[1].data_ptr()
+                and self.k.shape[:2] == self._buffers[0].shape[:2] and self.k.stride() == self._buffers[0].stride())
+
+    @staticmethod
+    def _grow(old: Tensor, capacity: int) -> Tensor:
+        buf = old.new_empty(old.size(0), old.size(1), capacity, old.size(3))
+        buf[:, :, :old.size(2)] = old
+        return buf
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.size(2)

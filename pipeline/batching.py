@@ -60,7 +60,7 @@ class TokenBucketSampler(Sampler[list[int]]):
     and deterministic given the seed. Under DDP every rank builds the same batch list and
     takes every `num_replicas`-th batch; the list is made a multiple of `num_replicas` by
     splitting its largest batches, so each sentence goes to exactly one rank and all ranks
-    run the same number of steps. `start` skips batches already trained (mid-epoch resume).
+    run the same number of steps. `resume` skips batches already trained (mid-epoch restart).
     """
 
     def __init__(self, lengths: list[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
@@ -70,7 +70,7 @@ class TokenBucketSampler(Sampler[list[int]]):
                              f"({max(lengths)} tokens): raise it or lower data.max_len")
         self.lengths, self.max_tokens, self.shuffle, self.seed = lengths, max_tokens, shuffle, seed
         self.num_replicas, self.rank = num_replicas, rank
-        self.epoch, self.start = 0, 0
+        self.epoch, self.skip = 0, (-1, 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -102,9 +102,13 @@ class TokenBucketSampler(Sampler[list[int]]):
             rng.shuffle(batches)
         return batches
 
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Skip the first `batches_done` batches of `epoch` (they were trained before a restart)."""
+        self.skip = (epoch, batches_done)
+
     def __iter__(self):
-        yield from self.batches()[self.rank:: self.num_replicas][self.start:]
-        self.start = 0
+        skip = self.skip[1] if self.skip[0] == self.epoch else 0
+        yield from self.batches()[self.rank:: self.num_replicas][skip:]
 
     def __len__(self) -> int:
         return len(self.batches()) // self.num_replicas

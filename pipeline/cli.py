@@ -21,15 +21,19 @@ commands:
   fit | validate | test   train or check a model (LightningCLI: --config configs/NAME.yaml, --help)
   evaluate                BLEU/chrF of a checkpoint on a dataset split
   translate               translate stdin (one sentence a line) or --text
+  average                 average the weights of several checkpoints
   attention               attention heatmaps (PNG) of a checkpoint on one sentence
   export                  write a Hugging Face MarianMT directory
 """
 
 
 def lightning_cli(args: list[str]) -> None:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from pipeline.checkpoints import AtomicCheckpointIO
 
     from pipeline.datamodule import TranslationDataModule
     from pipeline.module import TranslationModule
@@ -48,6 +52,8 @@ def lightning_cli(args: list[str]) -> None:
                                 help="also write last.ckpt every N steps (mid-epoch resume points)")
             parser.add_argument("--checkpoint.keep_epochs", type=int, default=0,
                                 help="keep the checkpoints of the last K epochs (for `average`)")
+            parser.add_argument("--checkpoint.early_stop_patience", type=int | None, default=None,
+                                help="stop after this many validations without a better val/bleu")
             parser.link_arguments("data.vocab_size", "model.vocab_size")
 
         def before_instantiate_classes(self) -> None:
@@ -56,6 +62,8 @@ def lightning_cli(args: list[str]) -> None:
             name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
             self.run_dir = Path(cfg.run.root) / name
             cfg.data.tokenizer_file = str(self.run_dir / "tokenizer.json")
+            if rank_zero_only.rank != 0:  # DDP workers re-run this CLI; rank 0 owns the run directory
+                return
             if self.subcommand == "fit" and self.run_dir.exists() and cfg.get("ckpt_path") is None:
                 if not cfg.run.overwrite:
                     raise UserError(f"run directory {self.run_dir} already exists: resume with --ckpt_path last, "
@@ -81,16 +89,21 @@ def lightning_cli(args: list[str]) -> None:
                 callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", monitor="epoch",
                                                  mode="max", save_top_k=cfg.checkpoint.keep_epochs,
                                                  auto_insert_metric_name=False))
+            if cfg.checkpoint.early_stop_patience is not None:
+                callbacks.append(EarlyStopping(monitor="val/bleu", mode="max",
+                                               patience=cfg.checkpoint.early_stop_patience))
             if cfg.run.logger == "wandb":
                 logger = WandbLogger(project=cfg.run.wandb_project, name=self.run_dir.name,
                                      save_dir=str(self.run_dir))
             else:
                 logger = CSVLogger(save_dir=str(self.run_dir), name="", version="")
-            return super().instantiate_trainer(callbacks=callbacks, logger=logger, **kwargs)
+            plugins = list(cfg.trainer.get("plugins") or []) + [AtomicCheckpointIO()]
+            return super().instantiate_trainer(callbacks=callbacks, logger=logger, plugins=plugins, **kwargs)
 
     cli = TranslationCLI(TranslationModule, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
                          trainer_defaults={"use_distributed_sampler": False})
-    print(f"run directory: {cli.run_dir}", flush=True)
+    if rank_zero_only.rank == 0:
+        print(f"run directory: {cli.run_dir}", flush=True)
 
 
 def evaluate(argv: list[str]) -> None:
@@ -170,6 +183,7 @@ def translate(argv: list[str]) -> None:
 COMMANDS = {"evaluate": evaluate, "translate": translate}
 # Commands that live in their own module, each with a `main(argv)`; imported only when used.
 MODULE_COMMANDS = {
+    "average": "pipeline.checkpoints",
     "attention": "pipeline.attention_maps",
     "export": "pipeline.export",
 }

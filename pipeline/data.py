@@ -18,8 +18,9 @@ datasets.disable_progress_bars()
 
 
 def _is_hub_id(path: str) -> bool:
-    """`owner/name` with no local meaning, e.g. bentrevett/multi30k."""
-    return re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", path) is not None
+    """`owner/name` with no local meaning, e.g. bentrevett/multi30k (if the `owner` folder
+    exists here, `path` is a mistyped local path, not worth a slow trip to the Hub)."""
+    return re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", path) is not None and not Path(path).parent.is_dir()
 
 
 def load_split(path: str, split: str | None, src_lang: str, tgt_lang: str) -> datasets.Dataset:
@@ -28,6 +29,9 @@ def load_split(path: str, split: str | None, src_lang: str, tgt_lang: str) -> da
     if p.suffix == ".jsonl":
         if not p.is_file():
             raise UserError(f"data file not found: {path} (pass an existing .jsonl file or dataset directory)")
+        with p.open(encoding="utf-8", errors="replace") as f:
+            if not any(line.strip() for line in f):  # `datasets` fails on it with a bare StopIteration
+                raise UserError(f"{path} is empty: point to a .jsonl file with sentence pairs")
         ds = _load(lambda: datasets.load_dataset("json", data_files=str(p), split="train"), path)
     elif p.is_dir():
         dd = _load(lambda: datasets.load_dataset(str(p)), path)
@@ -45,7 +49,8 @@ def _load(loader, path: str):
     try:
         return loader()
     except Exception as e:  # datasets raises many types; the user needs the path and the cause
-        raise UserError(f"cannot load data from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"
+        raise UserError(f"cannot load data from {path}: {type(e).__name__}: {detail}") from e
 
 
 def _pick_split(dd: datasets.DatasetDict, split: str | None, path: str) -> datasets.Dataset:

@@ -112,13 +112,38 @@ class TranslationDataModule(L.LightningDataModule):
         return padding_efficiency(sampler.batches(), [len(s) + 1 for s in ds["src_ids"]],
                                   [len(t) + 1 for t in ds["tgt_ids"]])
 
-    def loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_sampler=self.sampler(split, max_tokens, shuffle),
-                          collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", self.max_tokens, shuffle=True)
+        return ResumableLoader(self.splits["train"], batch_sampler=self.sampler("train", self.max_tokens, True),
+                               collate_fn=collate, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader("validation", self.eval_max_tokens, shuffle=False)
+        return DataLoader(self.splits["validation"], batch_sampler=self.sampler("validation", self.eval_max_tokens,
+                                                                                 False),
+                          collate_fn=collate, num_workers=self.num_workers)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning can checkpoint mid-epoch (it has state_dict/load_state_dict).
+
+    The state is the number of batches of the current epoch already trained; on resume the
+    sampler skips them, so the run continues with exactly the batches it would have seen.
+    """
+
+    def __init__(self, *args, trainer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trainer = trainer
+
+    def __iter__(self):
+        # Lightning calls set_epoch on a loader's sampler, not on its batch sampler.
+        self.batch_sampler.set_epoch(self.trainer.current_epoch)
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        # Checkpoints are written in on_train_batch_end, after the batch is processed but
+        # before Lightning counts it as completed.
+        return {"epoch": self.trainer.current_epoch,
+                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.resume(state["epoch"], state["batches_done"])

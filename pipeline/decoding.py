@@ -18,23 +18,43 @@ def max_new_tokens(src: Tensor, ratio: float, extra: int) -> int:
     return int((src != PAD).sum(1).max().item() * ratio) + extra
 
 
+def drop_rows(keep: Tensor, cache, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Keep batch rows `keep` of every cache (self- and cross-attention) and of `tensors`."""
+    for layer in cache or ():
+        for layer_cache in layer:
+            layer_cache.reorder(keep)
+    return tuple(x.index_select(0, keep) for x in tensors)
+
+
 @torch.no_grad()
 def greedy_decode(model, src: Tensor, max_len: int, use_cache: bool = True) -> Tensor:
-    """(B, S) source ids -> (B, ≤max_len) token ids (no BOS), EOS then PAD after it ends."""
+    """(B, S) source ids -> (B, ≤max_len) token ids (no BOS), EOS then PAD after it ends.
+
+    Rows that have ended keep being fed PAD until they are a quarter of the batch; then they
+    leave it (their memory, mask and cache rows are dropped), so the remaining steps compute
+    only the sentences still going, at the price of one copy of the caches now and then.
+    """
     memory, src_mask = model.encode(src)
-    B = src.size(0)
-    out = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
-    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    B, device = src.size(0), src.device
+    out = torch.full((B, max_len + 1), PAD, dtype=torch.long, device=device)
+    out[:, 0] = BOS
+    rows = torch.arange(B, device=device)  # the rows of `out` still in the batch
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     cache = model.new_cache() if use_cache else None
-    for _ in range(max_len):
-        step_input = out[:, -1:] if use_cache else out
-        logits = model.decode(step_input, memory, src_mask, cache)[:, -1]  # (B, V)
+    step_input, steps = out[:, :1], 0
+    for t in range(1, max_len + 1):
+        logits = model.decode(step_input, memory, src_mask, cache)[:, -1]  # (b, V)
         token = logits.argmax(-1).masked_fill(done, PAD)
-        out = torch.cat([out, token[:, None]], dim=1)
+        out[rows, t] = token
+        steps = t
         done |= token == EOS
-        if done.all():
+        if bool(done.all()):
             break
-    return out[:, 1:]
+        if 4 * int(done.sum()) >= done.numel():
+            keep = (~done).nonzero().squeeze(1)
+            rows, token, done, memory, src_mask = drop_rows(keep, cache, rows, token, done, memory, src_mask)
+        step_input = token[:, None] if use_cache else out[rows, : t + 1]
+    return out[:, 1: steps + 1]
 
 
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
@@ -49,7 +69,8 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
     Each step extends every alive hypothesis, keeps the 2·beam best continuations, moves
     those ending in EOS to the finished pool (scored log p / length^alpha, EOS counted) and
     keeps the best `beam` others alive. A sentence is done when it has `beam` finished
-    hypotheses; at max_len the alive ones count as finished.
+    hypotheses; at max_len the alive ones count as finished. Once the done sentences are a
+    quarter of those still in the batch, they leave it (as in greedy_decode).
 
     src: (B, S). Returns each sentence's `beam` finished hypotheses, best first: tokens
     (B, beam, T) (no BOS; EOS then PAD) and scores (B, beam).
@@ -58,19 +79,23 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
     memory, src_mask = model.encode(src)
     memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)  # (B*k, ...)
     cache = model.new_cache()
-    alive = torch.full((B, k, 1), BOS, dtype=torch.long, device=device)  # (B, k, t)
+    out_tokens = torch.full((B, k, max_len + 1), PAD, dtype=torch.long, device=device)
+    out_score = torch.full((B, k), float("-inf"), device=device)
+    # The working tensors cover the b sentences still searched: rows `sent` of the outputs.
+    sent = torch.arange(B, device=device)
+    alive = torch.full((B, k, 1), BOS, dtype=torch.long, device=device)  # (b, k, t)
     alive_logp = torch.full((B, k), float("-inf"), device=device)
     alive_logp[:, 0] = 0.0  # all beams start identical: only the first may expand
-    fin_tokens = torch.full((B, k, max_len + 1), PAD, dtype=torch.long, device=device)
-    fin_score = torch.full((B, k), float("-inf"), device=device)
+    fin_tokens, fin_score = out_tokens.clone(), out_score.clone()
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * k, device=device)[None]  # (1, 2k): candidates come sorted
-    batch_offset = (torch.arange(B, device=device) * k)[:, None]  # (B, 1)
+    beam_rows = torch.arange(k, device=device)[None]  # (1, k)
     for t in range(1, max_len + 1):
-        logits = model.decode(alive[:, :, -1].reshape(B * k, 1), memory, src_mask, cache)[:, -1]
-        logp = logits.float().log_softmax(-1).view(B, k, -1)  # (B, k, V)
+        b = alive.size(0)
+        logits = model.decode(alive[:, :, -1].reshape(b * k, 1), memory, src_mask, cache)[:, -1]
+        logp = logits.float().log_softmax(-1).view(b, k, -1)  # (b, k, V)
         V = logp.size(-1)
-        cand_logp, cand = (alive_logp[..., None] + logp).view(B, k * V).topk(2 * k, dim=1)  # (B, 2k)
+        cand_logp, cand = (alive_logp[..., None] + logp).view(b, k * V).topk(2 * k, dim=1)  # (b, 2k)
         cand_beam, cand_token = cand // V, cand % V
         cand_seq = torch.cat([alive.gather(1, cand_beam[..., None].expand(-1, -1, t)), cand_token[..., None]], 2)
         is_eos = cand_token == EOS
@@ -79,7 +104,7 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
         ends = (is_eos | (t == max_len)) & (rank < k) & ~done[:, None]
         end_score = torch.where(ends, cand_logp / length_penalty(torch.tensor(t, device=device), alpha),
                                 torch.full_like(cand_logp, float("-inf")))
-        padded = torch.full((B, 2 * k, max_len + 1), PAD, dtype=torch.long, device=device)
+        padded = torch.full((b, 2 * k, max_len + 1), PAD, dtype=torch.long, device=device)
         padded[:, :, :t + 1] = cand_seq
         fin_score, pick = torch.cat([fin_score, end_score], 1).topk(k, dim=1)
         fin_tokens = torch.cat([fin_tokens, padded], 1).gather(1, pick[..., None].expand(-1, -1, max_len + 1))
@@ -90,9 +115,20 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
         # so at least k of the 2k candidates remain).
         alive_logp, pick = cand_logp.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
         alive = cand_seq.gather(1, pick[..., None].expand(-1, -1, t + 1))
-        source_beam = cand_beam.gather(1, pick)  # (B, k)
+        # Each hypothesis's parent: its row in this step's (b*k)-row caches.
+        parent = torch.arange(b, device=device)[:, None] * k + cand_beam.gather(1, pick)  # (b, k)
+        if 4 * int(done.sum()) >= b:  # done sentences leave: keep their results, drop their rows
+            out_tokens[sent[done]], out_score[sent[done]] = fin_tokens[done], fin_score[done]
+            keep = (~done).nonzero().squeeze(1)
+            parent, sent, alive, alive_logp, fin_tokens, fin_score, done = (
+                x.index_select(0, keep) for x in (parent, sent, alive, alive_logp, fin_tokens, fin_score, done))
+            rows = (keep[:, None] * k + beam_rows).view(-1)
+            for _, cross_cache in cache:
+                cross_cache.reorder(rows)
+            memory, src_mask = memory.index_select(0, rows), src_mask.index_select(0, rows)
         for self_cache, _ in cache:  # cross-attention keys are the same for every beam
-            self_cache.reorder((batch_offset + source_beam).view(-1))
-    tokens = fin_tokens[:, :, 1:]  # (B, k, max_len)
+            self_cache.reorder(parent.view(-1))
+    out_tokens[sent], out_score[sent] = fin_tokens, fin_score
+    tokens = out_tokens[:, :, 1:]  # (B, k, max_len)
     length = int((tokens != PAD).sum(-1).max().item())
-    return tokens[:, :, :max(length, 1)], fin_score
+    return tokens[:, :, :max(length, 1)], out_score

@@ -6,10 +6,12 @@ The architecture itself is the plain `Transformer` in model.py; this class only 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import fields
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -82,6 +84,7 @@ class TranslationModule(L.LightningModule):
         self.languages = None  # (source key, target key), e.g. ("de", "en")
         self._val = []
         self._t_last = None
+        self._rng_states = None  # restored from a checkpoint, applied when training starts
 
     # -- tokenizer travels inside the checkpoint -------------------------------------------
     def setup(self, stage: str) -> None:
@@ -97,10 +100,25 @@ class TranslationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.to_str()
         checkpoint["languages"] = self.languages
+        # Lightning does not save random states; dropout after a resume must match the
+        # uninterrupted run, so they travel with the checkpoint.
+        # Stored as tensors and plain tuples so the checkpoint loads with weights_only=True.
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokenizer = load_tokenizer(checkpoint["tokenizer"])
         self.languages = tuple(checkpoint["languages"])
+        self._rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        if self._rng_states:
+            torch.set_rng_state(self._rng_states["torch"])
+            random.setstate(self._rng_states["python"])
+            kind, keys, pos, has_gauss, gauss = self._rng_states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            self._rng_states = None
 
     # -- training ----------------------------------------------------------------------------
     def loss(self, batch: Batch, label_smoothing: float) -> torch.Tensor:

@@ -49,6 +49,9 @@ def load_tokenizer(json_str: str) -> Tokenizer:
     """Rebuild a tokenizer from its JSON (as stored in `tokenizer.json` or a checkpoint)."""
     tokenizer = Tokenizer.from_str(json_str)
     check_special_ids(tokenizer)
+    # Literal "<s>", "</s>", "<pad>" or "<unk>" in a sentence is text, not a control token
+    # (otherwise "</s>" in the input would end it). Not saved in the JSON, so set on every load.
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 

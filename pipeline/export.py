@@ -1,0 +1,225 @@
+"""Export a checkpoint as a Hugging Face MarianMT directory: `python -m pipeline export`.
+
+    python -m pipeline export --ckpt runs/NAME/checkpoints/best.ckpt --out exported/NAME --format hf-marian
+
+writes config.json, generation_config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json and special_tokens_map.json, which `transformers` loads with
+
+    MarianMTModel.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR)
+
+and whose `generate(num_beams=1, do_sample=False)` gives the same tokens as our greedy
+decoder. transformers itself is not needed to export (only to load the result).
+
+Which checkpoints export: Marian is a post-norm Transformer with sinusoidal positions
+(sin in the first half of the features, cos in the second, as in model.py), embeddings
+scaled by √d_model, ReLU here, a zero final_logits_bias and no final LayerNorm. So:
+
+  * pre_norm must be false (train with `--model.pre_norm false`); the default pre-norm
+    model has LayerNorms in other places and a final one per stack, which Marian lacks,
+    so it is refused;
+  * tie_embeddings true (one shared matrix) or false (separate source embedding, target
+    embedding and output projection) both export;
+  * any sizes, dropouts (dropout is off at inference) and max_positions.
+
+Token ids are unchanged: <pad>=0 (pad_token_id), <s>=1 (decoder_start_token_id and
+bos_token_id), </s>=2 (eos_token_id), <unk>=3. The exported tokenizer appends </s> to
+every encoded source (as our collator does) and strips outer whitespace (as our encode
+does) and, like ours, reads a literal "</s>" in the text as text (split_special_tokens);
+decode with skip_special_tokens=True. (Built from tokenizer.json alone, e.g.
+PreTrainedTokenizerFast(tokenizer_file=...), pass split_special_tokens=True for that.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+
+FORMATS = ("hf-marian",)
+
+
+def check_exportable(module) -> None:
+    """Raise UserError if the checkpoint's architecture has no MarianMT equivalent."""
+    cfg = module.config
+    if cfg.pre_norm:
+        raise UserError("this checkpoint is pre-norm (model.pre_norm true, the default), which MarianMT cannot "
+                        "represent: export a model trained with --model.pre_norm false")
+    if cfg.d_model % 2:
+        raise UserError(f"model.d_model={cfg.d_model} is odd; Marian's sinusoidal positions differ from ours for "
+                        "odd widths: export a model with an even d_model")
+    model = module.model
+    if not isinstance(model.encoder_norm, nn.Identity) or not isinstance(model.decoder_norm, nn.Identity):
+        raise UserError("the model has a final LayerNorm per stack, which MarianMT lacks: export a post-norm model")
+
+
+def marian_config(module) -> dict:
+    """config.json of the equivalent MarianMTModel."""
+    cfg = module.config
+    src_lang, tgt_lang = module.languages or (None, None)
+    return {
+        "architectures": ["MarianMTModel"],
+        "model_type": "marian",
+        "vocab_size": cfg.vocab_size,
+        "decoder_vocab_size": cfg.vocab_size,
+        "d_model": cfg.d_model,
+        "encoder_layers": cfg.encoder_layers,
+        "decoder_layers": cfg.decoder_layers,
+        "encoder_attention_heads": cfg.n_heads,
+        "decoder_attention_heads": cfg.n_heads,
+        "encoder_ffn_dim": cfg.d_ff,
+        "decoder_ffn_dim": cfg.d_ff,
+        "activation_function": "relu",
+        "dropout": cfg.dropout,
+        "attention_dropout": cfg.attention_dropout,
+        "activation_dropout": cfg.activation_dropout,
+        "encoder_layerdrop": 0.0,
+        "decoder_layerdrop": 0.0,
+        "max_position_embeddings": cfg.max_positions,
+        "scale_embedding": True,
+        "share_encoder_decoder_embeddings": cfg.tie_embeddings,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "pad_token_id": PAD,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "decoder_start_token_id": BOS,
+        "forced_eos_token_id": None,  # our decoders never force </s> at the length limit
+        "is_encoder_decoder": True,
+        "use_cache": True,
+        "init_std": 0.02,
+        "pipeline_languages": [src_lang, tgt_lang],  # informational: the source and target keys
+    }
+
+
+def generation_config(module) -> dict:
+    cfg = module.config
+    return {
+        "decoder_start_token_id": BOS, "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD,
+        "forced_eos_token_id": None, "num_beams": 1, "do_sample": False,
+        # Our decoders stop after max_len_ratio × source + max_len_extra new tokens; a fixed
+        # cap cannot say that, so this is the positional limit (pass max_new_tokens to match).
+        "max_length": cfg.max_positions,
+    }
+
+
+def marian_state_dict(module) -> dict[str, torch.Tensor]:
+    """Our parameter names -> MarianMTModel's, tensors copied (contiguous, on CPU)."""
+    model, cfg = module.model, module.config
+    sd = {}
+
+    def put(name: str, tensor: torch.Tensor) -> None:
+        sd[name] = tensor.detach().to("cpu", torch.float32).contiguous().clone()
+
+    def linear(prefix: str, layer: nn.Linear) -> None:
+        put(f"{prefix}.weight", layer.weight)
+        put(f"{prefix}.bias", layer.bias)
+
+    def norm(prefix: str, layer: nn.LayerNorm) -> None:
+        put(f"{prefix}.weight", layer.weight)
+        put(f"{prefix}.bias", layer.bias)
+
+    def attention(prefix: str, attn) -> None:
+        for ours, theirs in (("w_q", "q_proj"), ("w_k", "k_proj"), ("w_v", "v_proj"), ("w_o", "out_proj")):
+            linear(f"{prefix}.{theirs}", getattr(attn, ours))
+
+    if cfg.tie_embeddings:
+        # transformers ties encoder/decoder embed_tokens and lm_head to model.shared on load.
+        put("model.shared.weight", model.src_embed.embedding.weight)
+    else:
+        put("model.encoder.embed_tokens.weight", model.src_embed.embedding.weight)
+        put("model.decoder.embed_tokens.weight", model.tgt_embed.embedding.weight)
+        put("lm_head.weight", model.lm_head.weight)
+    for i, layer in enumerate(model.encoder_layers):
+        p = f"model.encoder.layers.{i}"
+        attention(f"{p}.self_attn", layer.self_attn)
+        norm(f"{p}.self_attn_layer_norm", layer.res_attn.norm)
+        linear(f"{p}.fc1", layer.ffn.fc1)
+        linear(f"{p}.fc2", layer.ffn.fc2)
+        norm(f"{p}.final_layer_norm", layer.res_ffn.norm)
+    for i, layer in enumerate(model.decoder_layers):
+        p = f"model.decoder.layers.{i}"
+        attention(f"{p}.self_attn", layer.self_attn)
+        norm(f"{p}.self_attn_layer_norm", layer.res_self.norm)
+        attention(f"{p}.encoder_attn", layer.cross_attn)
+        norm(f"{p}.encoder_attn_layer_norm", layer.res_cross.norm)
+        linear(f"{p}.fc1", layer.ffn.fc1)
+        linear(f"{p}.fc2", layer.ffn.fc2)
+        norm(f"{p}.final_layer_norm", layer.res_ffn.norm)
+    sd["final_logits_bias"] = torch.zeros(1, cfg.vocab_size)
+    return sd
+
+
+def hf_tokenizer_json(tokenizer) -> str:
+    """Our tokenizer with </s> appended on encode and outer whitespace stripped first."""
+    from tokenizers import Tokenizer, normalizers, processors
+
+    hf = Tokenizer.from_str(tokenizer.to_str())
+    steps = [normalizers.Strip()] + ([hf.normalizer] if hf.normalizer is not None else [])
+    hf.normalizer = normalizers.Sequence(steps)
+    eos = SPECIAL_TOKENS[EOS]
+    hf.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A $B {eos}",
+                                                      special_tokens=[(eos, EOS)])
+    return hf.to_str(pretty=True)
+
+
+def tokenizer_config(module) -> dict:
+    special = {"pad_token": SPECIAL_TOKENS[PAD], "bos_token": SPECIAL_TOKENS[BOS], "eos_token": SPECIAL_TOKENS[EOS],
+               "unk_token": SPECIAL_TOKENS[UNK]}
+    return {"tokenizer_class": "PreTrainedTokenizerFast", **special, "model_max_length": module.config.max_positions,
+            "clean_up_tokenization_spaces": False, "padding_side": "right",
+            # A literal "</s>" in a sentence is text, not a control token (as in load_tokenizer).
+            "split_special_tokens": True}, special
+
+
+def export_hf_marian(module, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write the MarianMT directory; returns the files written."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("exporting needs the safetensors package: pip install safetensors") from None
+    check_exportable(module)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"output directory {out} is not empty: pick another --out or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_config, special = tokenizer_config(module)
+    files = {
+        "config.json": json.dumps(marian_config(module), indent=2) + "\n",
+        "generation_config.json": json.dumps(generation_config(module), indent=2) + "\n",
+        "tokenizer.json": hf_tokenizer_json(module.tokenizer),
+        "tokenizer_config.json": json.dumps(tok_config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
+    }
+    written = []
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    save_file(marian_state_dict(module), str(out / "model.safetensors"), metadata={"format": "pt"})
+    written.append(out / "model.safetensors")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline export",
+        description="Write a checkpoint in another framework's format. hf-marian: a Hugging Face MarianMTModel "
+                    "directory (post-norm checkpoints only, i.e. trained with --model.pre_norm false).")
+    p.add_argument("--ckpt", required=True, help="checkpoint, e.g. runs/NAME/checkpoints/best.ckpt")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="hf-marian", choices=FORMATS, help="export format")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    args = p.parse_args(argv)
+    from pipeline.translator import load_module
+
+    module = load_module(args.ckpt)
+    written = export_hf_marian(module, args.out, args.overwrite)
+    print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    print(f"load with: MarianMTModel.from_pretrained({str(args.out)!r}), AutoTokenizer.from_pretrained({str(args.out)!r})")

@@ -1,0 +1,198 @@
+"""Masks, scaled dot-product attention, multi-head attention (fused and plain) and the KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.attention import KVCache, MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+
+PAD = 0
+
+
+def test_padding_mask_shape_and_values():
+    ids = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [9, 9, 9, 9]])
+    mask = padding_mask(ids, PAD)
+    assert mask.shape == (3, 1, 1, 4)
+    assert mask.dtype == torch.bool
+    expected = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask[:, 0, 0], expected)
+    # Another pad id masks that id instead.
+    assert torch.equal(padding_mask(ids, 9)[2, 0, 0], torch.zeros(4, dtype=torch.bool))
+
+
+def test_causal_mask_shape_and_values():
+    mask = causal_mask(5)
+    assert mask.shape == (1, 1, 5, 5)
+    assert mask.dtype == torch.bool
+    for i in range(5):
+        for j in range(5):
+            assert bool(mask[0, 0, i, j]) == (j <= i)
+    assert causal_mask(3, torch.device("cpu")).device.type == "cpu"
+
+
+def random_qkv(B=3, h=2, Tq=5, Tk=5, d=8):
+    return torch.randn(B, h, Tq, d), torch.randn(B, h, Tk, d), torch.randn(B, h, Tk, d)
+
+
+def masks(B=3, T=5):
+    """None, padding, causal and both; every query keeps at least one key."""
+    ids = torch.tensor([[4, 4, 4, 4, 4], [4, 4, 4, 0, 0], [4, 0, 0, 0, 0]])[:B, :T]
+    pad = padding_mask(ids, PAD)
+    causal = causal_mask(T)
+    return {"none": None, "padding": pad, "causal": causal, "padding+causal": pad & causal}
+
+
+@pytest.mark.parametrize("name", ["padding", "causal", "padding+causal"])
+def test_attention_weights_sum_to_one_and_are_zero_on_masked_keys(name):
+    q, k, v = random_qkv()
+    mask = masks()[name]
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    assert out.shape == (3, 2, 5, 8) and weights.shape == (3, 2, 5, 5)
+    full = mask.expand_as(weights)
+    assert torch.all(weights[~full] == 0)
+    assert torch.all(weights[full] > 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 5))
+    torch.testing.assert_close(out, weights @ v)
+
+
+def test_scaled_dot_product_attention_matches_the_formula():
+    q, k, v = random_qkv(B=1, h=1, Tq=2, Tk=3, d=4)
+    _, weights = scaled_dot_product_attention(q, k, v)
+    for i in range(2):
+        scores = [float(q[0, 0, i] @ k[0, 0, j]) / math.sqrt(4) for j in range(3)]
+        z = sum(math.exp(s) for s in scores)
+        for j in range(3):
+            assert weights[0, 0, i, j].item() == pytest.approx(math.exp(scores[j]) / z, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["none", "padding", "causal", "padding+causal"])
+def test_plain_attention_equals_torch_sdpa(name):
+    q, k, v = random_qkv()
+    mask = masks()[name]
+    out, _ = scaled_dot_product_attention(q, k, v, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6, rtol=1e-5)
+
+
+def test_cross_attention_shapes_with_different_lengths():
+    q, k, v = random_qkv(Tq=2, Tk=7)
+    src = torch.tensor([[4] * 7, [4] * 4 + [0] * 3, [4] * 1 + [0] * 6])
+    mask = padding_mask(src, PAD)
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    assert out.shape == (3, 2, 2, 8) and weights.shape == (3, 2, 2, 7)
+    assert torch.all(weights[2, :, :, 1:] == 0)
+    torch.testing.assert_close(weights[2, :, :, 0], torch.ones(2, 2))
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["none", "padding", "causal", "padding+causal"])
+def test_multi_head_attention_fused_equals_plain(name):
+    mha = MultiHeadAttention(d_model=16, n_heads=4, dropout=0.1, fused=True).eval()
+    x = torch.randn(3, 5, 16)
+    mask = masks()[name]
+    fused = mha(x, mask=mask)
+    assert mha.weights is None
+    mha.fused = False
+    plain = mha(x, mask=mask)
+    assert fused.shape == plain.shape == (3, 5, 16)
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-5)
+    # need_weights takes the plain path on a fused module and keeps the weights.
+    mha.fused = True
+    with_weights = mha(x, mask=mask, need_weights=True)
+    torch.testing.assert_close(with_weights, plain)
+    assert mha.weights.shape == (3, 4, 5, 5)
+    torch.testing.assert_close(mha.weights.sum(-1), torch.ones(3, 4, 5))
+
+
+def test_multi_head_cross_attention_fused_equals_plain():
+    mha = MultiHeadAttention(d_model=16, n_heads=2, fused=True).eval()
+    x, memory = torch.randn(2, 3, 16), torch.randn(2, 6, 16)
+    mask = padding_mask(torch.tensor([[4] * 6, [4, 4, 0, 0, 0, 0]]), PAD)
+    fused = mha(x, memory, mask)
+    mha.fused = False
+    torch.testing.assert_close(fused, mha(x, memory, mask), atol=1e-6, rtol=1e-5)
+    # Keys beyond the padding of row 1 do not matter.
+    memory2 = memory.clone()
+    memory2[1, 2:] = torch.randn(4, 16)
+    torch.testing.assert_close(mha(x, memory2, mask)[1], fused[1], atol=1e-6, rtol=1e-5)
+
+
+def test_multi_head_attention_rejects_indivisible_width():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(d_model=10, n_heads=4)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_incremental_self_attention_with_cache_equals_causal_forward(fused):
+    mha = MultiHeadAttention(d_model=16, n_heads=4, fused=fused).eval()
+    x = torch.randn(2, 6, 16)
+    full = mha(x, mask=causal_mask(6))
+    cache = KVCache()
+    steps = [mha(x[:, t:t + 1], cache=cache) for t in range(6)]
+    assert len(cache) == 6
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-6, rtol=1e-5)
+
+
+def test_static_kv_cache_projects_context_once():
+    mha = MultiHeadAttention(d_model=8, n_heads=2).eval()
+    x, memory = torch.randn(2, 1, 8), torch.randn(2, 4, 8)
+    cache = KVCache()
+    first = mha(x, memory, cache=cache, static_kv=True)
+    assert len(cache) == 4
+    k = cache.k
+    # A second step reuses the cached keys, whatever context is passed.
+    second = mha(x, torch.zeros_like(memory), cache=cache, static_kv=True)
+    assert cache.k is k and len(cache) == 4
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, mha(x, memory))
+
+
+def test_kv_cache_append_and_reorder():
+    cache = KVCache()
+    assert len(cache) == 0
+    cache.reorder(torch.tensor([0]))  # no-op on an empty cache
+    assert cache.k is None
+    k1, v1 = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    k2, v2 = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
+    cache.append(k1, v1)
+    k, v = cache.append(k2, v2)
+    assert len(cache) == 3 and k.shape == (3, 2, 3, 4)
+    torch.testing.assert_close(k, torch.cat([k1, k2], 2))
+    torch.testing.assert_close(v, torch.cat([v1, v2], 2))
+    index = torch.tensor([2, 2, 0])
+    cache.reorder(index)
+    torch.testing.assert_close(cache.k, k[index])
+    torch.testing.assert_close(cache.v, v[index])
+    assert len(cache) == 3
+    # Appending after a reorder continues the reordered rows.
+    k3, v3 = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    cache.append(k3, v3)
+    torch.testing.assert_close(cache.k, torch.cat([k[index], k3], 2))
+
+
+def test_kv_cache_long_runs_match_concatenation():
+    """Many steps with reorders (also dropping rows) agree with plain cat/index_select, and
+    tensors handed out earlier keep their values."""
+    g = torch.Generator().manual_seed(0)
+    cache, ref_k, ref_v = KVCache(), None, None
+    handed_out = []
+    rows = 6
+    for step in range(50):
+        k, v = torch.randn(rows, 2, 1, 3, generator=g), torch.randn(rows, 2, 1, 3, generator=g)
+        out_k, out_v = cache.append(k, v)
+        ref_k = k if ref_k is None else torch.cat([ref_k, k], 2)
+        ref_v = v if ref_v is None else torch.cat([ref_v, v], 2)
+        assert torch.equal(out_k, ref_k) and torch.equal(out_v, ref_v) and len(cache) == step + 1
+        handed_out.append((out_k, out_k.clone()))
+        if step % 7 == 3:
+            keep = max(rows - 1, 1)
+            index = torch.randint(0, rows, (keep,), generator=g)
+            cache.reorder(index)
+            ref_k, ref_v = ref_k.index_select(0, index), ref_v.index_select(0, index)
+            rows = keep
+            assert torch.equal(cache.k, ref_k) and torch.equal(cache.v, ref_v)
+    for view, copy in handed_out:
+        assert torch.equal(view, copy)

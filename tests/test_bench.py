@@ -1,0 +1,118 @@
+"""The speed benchmark (`make bench`): its JSON in a toy run, its FLOP count, its decoding protocol,
+and the decoders' habit of dropping finished rows from the batch (a speed change it measures)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import run as bench
+from conftest import make_model
+from pipeline.batching import Batch
+from pipeline.decoding import beam_search, greedy_decode
+from pipeline.tokenizer import BOS, EOS, PAD, UNK
+
+
+def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
+    out = tmp_path / "bench.json"
+    bench.main(["--tiny", "--data", str(multi30k_dir), "--out", str(out)])
+    result = json.loads(out.read_text(encoding="utf-8"))
+    for key in ("commit", "torch", "threads", "cpu", "date", "settings", "padding_efficiency",
+                "peak_matmul_gflops", "rows"):
+        assert key in result, key
+    assert isinstance(result["commit"], str) and result["commit"]
+    assert result["torch"] == torch.__version__
+    assert isinstance(result["threads"], int) and result["threads"] >= 1
+    assert result["settings"]["vocab_size"] == bench.TINY["vocab_size"]
+    assert [r["figure"] for r in result["rows"]] == ["train_fp32", "train_bf16", "epoch_real_tokens", "greedy", "beam4"]
+    for r in result["rows"]:
+        assert set(r) == {"figure", "unit", "ours", "marian", "ratio"}
+        assert r["unit"] in ("real tokens/s", "sentences/s")
+        for key in ("ours", "marian", "ratio"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["figure"], key)
+        assert r["ratio"] == pytest.approx(r["ours"] / r["marian"])
+    for name in ("ours", "marian"):
+        assert 0 < result["padding_efficiency"][name] <= 1
+    assert result["padding_efficiency"]["ours"] > result["padding_efficiency"]["marian"]
+    for precision in ("fp32", "bf16"):
+        assert result["peak_matmul_gflops"][precision] > 0
+        assert result["train_gflops"][f"ours_{precision}"] > 0
+    assert all(v > 0 for v in result["peak_rss_mb"].values())
+    assert result["sanity"]["greedy_cache_equals_no_cache"] is True
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_training_flops_match_torch_flop_counter(pre_norm):
+    """forward_flops counts every matmul of a training step (x3), as torch's counter sees them
+    on the plain attention path (the fused kernel is invisible to the counter)."""
+    model = make_model(0, fused_attention=False, pre_norm=pre_norm).train()
+    src = torch.randint(4, model.cfg.vocab_size, (3, 7))
+    tgt = torch.randint(4, model.cfg.vocab_size, (3, 5))
+    src[0, 5:] = PAD
+    with FlopCounterMode(display=False) as counter:
+        logits = model(src, tgt)
+        logits.sum().backward()
+    assert counter.get_total_flops() == 3 * bench.forward_flops(model.cfg, 3, 7, 5)
+    batch = Batch(src, tgt, tgt, torch.arange(3))
+    assert bench.train_flops(model.cfg, batch) == 3 * bench.forward_flops(model.cfg, 3, 7, 5)
+
+
+def test_fixed_length_decoding_never_ends_early():
+    """The bench forbids EOS so that both sides decode exactly max_len tokens per hypothesis."""
+    model = eos_happy_model()
+    src = sources(5)
+    assert (greedy_decode(model, src, 12) == EOS).any(), "the model ends sentences by itself"
+    fixed = bench.FixedLength(model)
+    out = greedy_decode(fixed, src, 12)
+    assert out.shape == (5, 12) and not (out == EOS).any() and not (out == PAD).any()
+    assert torch.equal(out, greedy_decode(fixed, src, 12, use_cache=False))
+    tokens, scores = beam_search(fixed, src, 3, 12)
+    assert tokens.shape == (5, 3, 12) and not (tokens == EOS).any() and torch.isfinite(scores).all()
+
+
+def eos_happy_model(seed: int = 0):
+    """A random tiny model that often ends sentences, at lengths that differ between sentences."""
+    model = make_model(seed, tie_embeddings=False)
+    head = nn.Linear(model.cfg.d_model, model.cfg.vocab_size)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight * 3)
+        head.bias.zero_()
+        head.bias[[PAD, BOS, UNK]] = -1e4
+        head.bias[EOS] = 2.5
+    model.lm_head = head
+    return model.eval()
+
+
+def sources(n: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    out = torch.full((n, 12), PAD)
+    for i in range(n):
+        length = 3 + (i * 5) % 9
+        out[i, :length] = torch.randint(4, 24, (length,), generator=g)
+        out[i, length] = EOS
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dropping_finished_rows_changes_no_output(seed):
+    """Greedy and beam search drop finished sentences from the batch; each sentence still gets
+    what it gets when decoded alone (where nothing is ever dropped)."""
+    model, src = eos_happy_model(seed), sources(12, seed)
+    greedy = greedy_decode(model, src, 20)
+    lengths = [row.index(EOS) if EOS in row else 20 for row in greedy.tolist()]
+    assert len(set(lengths)) > 2, "sentences must end at different steps for rows to be dropped"
+    tokens, scores = beam_search(model, src, 3, 20)
+    for i in range(src.size(0)):
+        alone = src[i: i + 1]
+        one = greedy_decode(model, alone, 20)[0].tolist()
+        assert one == greedy[i, : len(one)].tolist() and not greedy[i, len(one):].ne(PAD).any()
+        tokens_1, scores_1 = beam_search(model, alone, 3, 20)
+        for j in range(3):
+            row, row_1 = tokens[i, j].tolist(), tokens_1[0, j].tolist()
+            assert row[: len(row_1)] == row_1 and all(t == PAD for t in row[len(row_1):])
+        torch.testing.assert_close(scores_1[0], scores[i], atol=1e-4, rtol=1e-4)
