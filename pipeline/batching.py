@@ -56,7 +56,9 @@ def collate(examples: list[dict]) -> Batch:
 class TokenBucketSampler(Sampler[list[int]]):
     """Batch sampler capping each batch at `max_tokens` padded slots.
 
-    lengths[i] is the padded length sentence pair i needs. Shuffled per epoch (`set_epoch`)
+    lengths[i] is the padded length sentence pair i needs; sort_keys[i], if given, orders
+    pairs of equal length (e.g. (target length, source length), so that each side pads
+    less). Shuffled per epoch (`set_epoch`)
     and deterministic given the seed. Under DDP every rank builds the same batch list and
     takes every `num_replicas`-th batch; the list is made a multiple of `num_replicas` by
     splitting its largest batches, so each sentence goes to exactly one rank and all ranks
@@ -64,11 +66,12 @@ class TokenBucketSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: list[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, sort_keys: list | None = None):
         if max_tokens < max(lengths, default=0):
             raise ValueError(f"data.max_tokens={max_tokens} is smaller than the longest pair "
                              f"({max(lengths)} tokens): raise it or lower data.max_len")
         self.lengths, self.max_tokens, self.shuffle, self.seed = lengths, max_tokens, shuffle, seed
+        self.sort_keys = sort_keys if sort_keys is not None else lengths
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.skip = 0, (-1, 0)
 
@@ -81,7 +84,7 @@ class TokenBucketSampler(Sampler[list[int]]):
         order = list(range(len(self.lengths)))
         if self.shuffle:
             rng.shuffle(order)  # random tie-break among equal lengths
-        order.sort(key=self.lengths.__getitem__)
+        order.sort(key=lambda i: (self.lengths[i], self.sort_keys[i]))
         batches, current, longest = [], [], 0
         for i in order:
             n = self.lengths[i]

@@ -33,6 +33,7 @@ def lightning_cli(args: list[str]) -> None:
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
+    from pipeline.attention_maps import AttentionImageCallback
     from pipeline.checkpoints import AtomicCheckpointIO
 
     from pipeline.datamodule import TranslationDataModule
@@ -54,6 +55,9 @@ def lightning_cli(args: list[str]) -> None:
                                 help="keep the checkpoints of the last K epochs (for `average`)")
             parser.add_argument("--checkpoint.early_stop_patience", type=int | None, default=None,
                                 help="stop after this many validations without a better val/bleu")
+            parser.add_argument("--run.attention_text", type=str | None, default=None,
+                                help="W&B runs: sentence whose cross-attention image is logged after each "
+                                     "validation (default: one from the first validation batch)")
             parser.link_arguments("data.vocab_size", "model.vocab_size")
 
         def before_instantiate_classes(self) -> None:
@@ -93,6 +97,7 @@ def lightning_cli(args: list[str]) -> None:
                 callbacks.append(EarlyStopping(monitor="val/bleu", mode="max",
                                                patience=cfg.checkpoint.early_stop_patience))
             if cfg.run.logger == "wandb":
+                callbacks.append(AttentionImageCallback(text=cfg.run.attention_text))
                 logger = WandbLogger(project=cfg.run.wandb_project, name=self.run_dir.name,
                                      save_dir=str(self.run_dir))
             else:
@@ -159,22 +164,32 @@ def translate(argv: list[str]) -> None:
     p.add_argument("--text", default=None, help="one sentence to translate instead of stdin")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--batch-size", type=int, default=128, help="sentences per batch")
+    p.add_argument("--show-beams", action="store_true",
+                   help="print every beam hypothesis as 'score<TAB>text' (best first), then a blank line")
     args = p.parse_args(argv)
     from pipeline.data import read_lines
     from pipeline.translator import Translator, load_module
 
     translator = Translator(load_module(args.ckpt), args.beam, batch_size=args.batch_size)
+
+    def show(lines: list[str]) -> None:
+        if not args.show_beams:
+            for hyp in translator.translate(lines):
+                print(hyp, flush=True)
+            return
+        for line in lines:
+            for hyp, score in translator.nbest(line) if line.strip() else [("", 0.0)]:
+                print(f"{score:.4f}\t{hyp}")
+            print(flush=True)
+
     if args.text is not None:
-        lines = [args.text]
+        show([args.text])
     elif sys.stdin.isatty():
         print("type a sentence and press Enter (Ctrl-D to quit)", file=sys.stderr)
         for line in sys.stdin:
-            print(translator.translate([line.rstrip("\n")])[0], flush=True)
-        return
+            show([line.rstrip("\n")])
     else:
-        lines = read_lines("/dev/stdin")
-    for hyp in translator.translate(lines):
-        print(hyp)
+        show(read_lines("/dev/stdin"))
     if translator.truncated:
         print(f"warning: {translator.truncated} input line(s) longer than {translator.max_src_tokens} tokens "
               "were truncated", file=sys.stderr)

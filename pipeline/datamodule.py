@@ -102,9 +102,10 @@ class TranslationDataModule(L.LightningDataModule):
 
     def sampler(self, split: str, max_tokens: int, shuffle: bool) -> TokenBucketSampler:
         ds = self.splits[split]
-        lengths = [max(len(s), len(t)) + 1 for s, t in zip(ds["src_ids"], ds["tgt_ids"])]
+        src_lens, tgt_lens = [len(s) + 1 for s in ds["src_ids"]], [len(t) + 1 for t in ds["tgt_ids"]]
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        return TokenBucketSampler(lengths, max_tokens, shuffle, self.seed, world, rank)
+        return TokenBucketSampler([max(s, t) for s, t in zip(src_lens, tgt_lens)], max_tokens, shuffle, self.seed,
+                                  world, rank, sort_keys=list(zip(tgt_lens, src_lens)))
 
     def padding_efficiency(self, split: str = "train") -> float:
         ds = self.splits[split]

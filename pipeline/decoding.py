@@ -1,7 +1,8 @@
 """Batched greedy decoding and beam search with a key/value cache.
 
-Both start every hypothesis from BOS, stop a row at EOS and never run past `max_len` new
-tokens. The model only needs `encode`, `decode(tgt, memory, src_mask, cache)` and
+Both start every hypothesis from BOS, stop a row at EOS and never run past its `max_len`
+new tokens (one bound for all rows, or one per row so that a sentence's translation does
+not depend on what else is in its batch). PAD and BOS are never generated. The model only needs `encode`, `decode(tgt, memory, src_mask, cache)` and
 `new_cache()`, so the search can be tested on a hand-made model.
 """
 
@@ -13,9 +14,22 @@ from torch import Tensor
 from pipeline.tokenizer import BOS, EOS, PAD
 
 
-def max_new_tokens(src: Tensor, ratio: float, extra: int) -> int:
-    """Bound on generated tokens: ratio * longest source + extra."""
-    return int((src != PAD).sum(1).max().item() * ratio) + extra
+def max_new_tokens(src: Tensor, ratio: float, extra: int) -> Tensor:
+    """(B, S) source ids -> (B,) bound on each row's new tokens: ratio * source length + extra."""
+    return ((src != PAD).sum(1) * ratio).long() + extra
+
+
+def row_limits(max_len: int | Tensor, B: int, device) -> Tensor:
+    """max_len as a (B,) tensor of per-row bounds."""
+    return torch.as_tensor(max_len, device=device).long().expand(B).clone()
+
+
+def next_logits(model, tgt: Tensor, memory: Tensor, src_mask: Tensor, cache) -> Tensor:
+    """Logits (b, V) of the next token, with PAD and BOS ruled out (with tied embeddings PAD's
+    logit is exactly 0, which an undertrained model would otherwise pick)."""
+    logits = model.decode(tgt, memory, src_mask, cache)[:, -1]
+    logits[:, [PAD, BOS]] = float("-inf")
+    return logits
 
 
 def drop_rows(keep: Tensor, cache, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -27,8 +41,8 @@ def drop_rows(keep: Tensor, cache, *tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 @torch.no_grad()
-def greedy_decode(model, src: Tensor, max_len: int, use_cache: bool = True) -> Tensor:
-    """(B, S) source ids -> (B, ≤max_len) token ids (no BOS), EOS then PAD after it ends.
+def greedy_decode(model, src: Tensor, max_len: int | Tensor, use_cache: bool = True) -> Tensor:
+    """(B, S) source ids -> (B, ≤max(max_len)) token ids (no BOS), EOS then PAD after it ends.
 
     Rows that have ended keep being fed PAD until they are a quarter of the batch; then they
     leave it (their memory, mask and cache rows are dropped), so the remaining steps compute
@@ -36,6 +50,8 @@ def greedy_decode(model, src: Tensor, max_len: int, use_cache: bool = True) -> T
     """
     memory, src_mask = model.encode(src)
     B, device = src.size(0), src.device
+    limit = row_limits(max_len, B, device)
+    max_len = int(limit.max())
     out = torch.full((B, max_len + 1), PAD, dtype=torch.long, device=device)
     out[:, 0] = BOS
     rows = torch.arange(B, device=device)  # the rows of `out` still in the batch
@@ -43,16 +59,17 @@ def greedy_decode(model, src: Tensor, max_len: int, use_cache: bool = True) -> T
     cache = model.new_cache() if use_cache else None
     step_input, steps = out[:, :1], 0
     for t in range(1, max_len + 1):
-        logits = model.decode(step_input, memory, src_mask, cache)[:, -1]  # (b, V)
+        logits = next_logits(model, step_input, memory, src_mask, cache)  # (b, V)
         token = logits.argmax(-1).masked_fill(done, PAD)
         out[rows, t] = token
         steps = t
-        done |= token == EOS
+        done |= (token == EOS) | (t >= limit)
         if bool(done.all()):
             break
         if 4 * int(done.sum()) >= done.numel():
             keep = (~done).nonzero().squeeze(1)
-            rows, token, done, memory, src_mask = drop_rows(keep, cache, rows, token, done, memory, src_mask)
+            rows, token, done, limit, memory, src_mask = drop_rows(keep, cache, rows, token, done, limit, memory,
+                                                                   src_mask)
         step_input = token[:, None] if use_cache else out[rows, : t + 1]
     return out[:, 1: steps + 1]
 
@@ -63,19 +80,21 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
     """Batched beam search.
 
     Each step extends every alive hypothesis, keeps the 2·beam best continuations, moves
     those ending in EOS to the finished pool (scored log p / length^alpha, EOS counted) and
     keeps the best `beam` others alive. A sentence is done when it has `beam` finished
-    hypotheses; at max_len the alive ones count as finished. Once the done sentences are a
+    hypotheses; at its max_len the alive ones count as finished. Once the done sentences are a
     quarter of those still in the batch, they leave it (as in greedy_decode).
 
     src: (B, S). Returns each sentence's `beam` finished hypotheses, best first: tokens
     (B, beam, T) (no BOS; EOS then PAD) and scores (B, beam).
     """
     B, k, device = src.size(0), beam, src.device
+    limit = row_limits(max_len, B, device)  # (b,) for the sentences still searched
+    max_len = int(limit.max())
     memory, src_mask = model.encode(src)
     memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)  # (B*k, ...)
     cache = model.new_cache()
@@ -92,7 +111,7 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
     beam_rows = torch.arange(k, device=device)[None]  # (1, k)
     for t in range(1, max_len + 1):
         b = alive.size(0)
-        logits = model.decode(alive[:, :, -1].reshape(b * k, 1), memory, src_mask, cache)[:, -1]
+        logits = next_logits(model, alive[:, :, -1].reshape(b * k, 1), memory, src_mask, cache)
         logp = logits.float().log_softmax(-1).view(b, k, -1)  # (b, k, V)
         V = logp.size(-1)
         cand_logp, cand = (alive_logp[..., None] + logp).view(b, k * V).topk(2 * k, dim=1)  # (b, 2k)
@@ -101,7 +120,7 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
         is_eos = cand_token == EOS
         # Only the top k candidates may finish (otherwise beam 1 could stop on a runner-up
         # EOS), and a sentence that is done keeps its pool, whatever else is in the batch.
-        ends = (is_eos | (t == max_len)) & (rank < k) & ~done[:, None]
+        ends = (is_eos | (t >= limit)[:, None]) & (rank < k) & ~done[:, None]
         end_score = torch.where(ends, cand_logp / length_penalty(torch.tensor(t, device=device), alpha),
                                 torch.full_like(cand_logp, float("-inf")))
         padded = torch.full((b, 2 * k, max_len + 1), PAD, dtype=torch.long, device=device)
@@ -120,8 +139,9 @@ def beam_search(model, src: Tensor, beam: int, max_len: int, alpha: float = 1.0)
         if 4 * int(done.sum()) >= b:  # done sentences leave: keep their results, drop their rows
             out_tokens[sent[done]], out_score[sent[done]] = fin_tokens[done], fin_score[done]
             keep = (~done).nonzero().squeeze(1)
-            parent, sent, alive, alive_logp, fin_tokens, fin_score, done = (
-                x.index_select(0, keep) for x in (parent, sent, alive, alive_logp, fin_tokens, fin_score, done))
+            parent, sent, alive, alive_logp, fin_tokens, fin_score, done, limit = (
+                x.index_select(0, keep) for x in (parent, sent, alive, alive_logp, fin_tokens, fin_score, done,
+                                                  limit))
             rows = (keep[:, None] * k + beam_rows).view(-1)
             for _, cross_cache in cache:
                 cross_cache.reorder(rows)

@@ -102,6 +102,7 @@ def generation_config(module) -> dict:
     return {
         "decoder_start_token_id": BOS, "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD,
         "forced_eos_token_id": None, "num_beams": 1, "do_sample": False,
+        "bad_words_ids": [[PAD], [BOS]],  # our decoders never generate these either
         # Our decoders stop after max_len_ratio × source + max_len_extra new tokens; a fixed
         # cap cannot say that, so this is the positional limit (pass max_new_tokens to match).
         "max_length": cfg.max_positions,

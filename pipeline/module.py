@@ -108,6 +108,9 @@ class TranslationModule(L.LightningModule):
                                     "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None and self.tokenizer.to_str() != checkpoint["tokenizer"]:
+            raise UserError("the checkpoint's tokenizer differs from this run's tokenizer.json: pass the "
+                            "--run.name of the run that wrote the checkpoint")
         self.tokenizer = load_tokenizer(checkpoint["tokenizer"])
         self.languages = tuple(checkpoint["languages"])
         self._rng_states = checkpoint.get("rng_states")
@@ -130,9 +133,9 @@ class TranslationModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, self.hparams.label_smoothing)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: training stopped; "
-                                     "the last good checkpoint is runs/<name>/checkpoints/last.ckpt "
-                                     "(lower model.lr or raise warmup_steps, then resume)")
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: training stopped; last "
+                                     f"good checkpoint: {last} (lower model.lr or raise model.warmup_steps)")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.src.size(0))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch.src.size(0))
         now = time.perf_counter()
@@ -156,8 +159,8 @@ class TranslationModule(L.LightningModule):
     # -- decoding and validation -------------------------------------------------------------
     def generate(self, src: torch.Tensor, beam: int = 1) -> torch.Tensor:
         """(B, S) source ids -> (B, T) hypothesis ids (greedy when beam == 1)."""
-        max_len = min(max_new_tokens(src, self.hparams.max_len_ratio, self.hparams.max_len_extra),
-                      self.config.max_positions - 1)
+        max_len = max_new_tokens(src, self.hparams.max_len_ratio, self.hparams.max_len_extra).clamp(
+            max=self.config.max_positions - 1)
         if beam == 1:
             return greedy_decode(self.model, src, max_len)
         return beam_search(self.model, src, beam, max_len, self.hparams.length_penalty)[0][:, 0]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.batching import pad
+from pipeline.decoding import beam_search, max_new_tokens
 from pipeline.errors import UserError
 from pipeline.module import TranslationModule
 from pipeline.tokenizer import EOS, decode, encode
@@ -53,25 +54,39 @@ class Translator:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
+    def source_ids(self, sentence: str) -> list[int]:
+        """Token ids + EOS, truncated (and counted) if longer than max_src_tokens."""
+        ids = encode(self.module.tokenizer, [sentence])[0]
+        if len(ids) >= self.max_src_tokens:
+            self.truncated += 1
+            ids = ids[: self.max_src_tokens - 1]
+        return ids + [EOS]
+
+    @torch.inference_mode()
+    def nbest(self, sentence: str) -> list[tuple[str, float]]:
+        """The beam's finished hypotheses for one sentence, best first, with their scores
+        (log-probability / length^length_penalty)."""
+        src = pad([self.source_ids(sentence)]).to(self.device)
+        hp = self.module.hparams
+        tokens, scores = beam_search(self.module.model, src, self.beam,
+                                     max_new_tokens(src, hp.max_len_ratio, hp.max_len_extra), hp.length_penalty)
+        return list(zip(decode(self.module.tokenizer, tokens[0].tolist()), scores[0].tolist()))
+
     @torch.inference_mode()
     def translate(self, sentences: list[str]) -> list[str]:
         out = [""] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
-        ids = dict(zip(todo, encode(self.module.tokenizer, [sentences[i] for i in todo])))
-        for i in todo:
-            if len(ids[i]) >= self.max_src_tokens:
-                self.truncated += 1
-                ids[i] = ids[i][: self.max_src_tokens - 1]
+        ids = {i: self.source_ids(sentences[i]) for i in todo}
         todo.sort(key=lambda i: len(ids[i]))
         start = 0
         while start < len(todo):
             # The longest sentence of a batch is its last; grow while the budget allows.
             end = start + 1
             while (end < len(todo) and end - start < self.batch_size
-                   and (end - start + 1) * (len(ids[todo[end]]) + 1) <= self.max_tokens):
+                   and (end - start + 1) * len(ids[todo[end]]) <= self.max_tokens):
                 end += 1
             chunk = todo[start:end]
-            src = pad([ids[i] + [EOS] for i in chunk]).to(self.device)
+            src = pad([ids[i] for i in chunk]).to(self.device)
             hyps = decode(self.module.tokenizer, self.module.generate(src, self.beam).tolist())
             for i, h in zip(chunk, hyps):
                 out[i] = h

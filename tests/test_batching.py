@@ -200,3 +200,11 @@ def test_padding_efficiency_range():
     random_batches = [order[i: i + 8] for i in range(0, 300, 8)]
     sorted_batches = TokenBucketSampler(lengths, 8 * 60, shuffle=False).batches()
     assert padding_efficiency(random_batches, lengths, lengths) < padding_efficiency(sorted_batches, lengths, lengths)
+
+
+def test_sort_keys_order_pairs_of_equal_length():
+    lengths = [10] * 40
+    keys = [(i % 7, i % 3) for i in range(40)]
+    sampler = TokenBucketSampler(lengths, 100, shuffle=False, sort_keys=keys)
+    flat = [i for batch in sampler for i in batch]
+    assert [keys[i] for i in flat] == sorted(keys)

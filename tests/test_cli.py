@@ -142,3 +142,22 @@ def test_bad_decoding_options_and_input_encoding(smoke_run, tmp_path):
                           "--beam")
     latin1 = "Ein Mädchen läuft.\n".encode("latin-1")
     assert_one_line_error(run_cli("translate", "--ckpt", ckpt, input=latin1, check=False), "not UTF-8")
+
+
+@pytest.mark.parametrize("config", ["smoke", "multi30k", "tatoeba-ko-en", "transformer-base"])
+def test_every_config_parses(config, tmp_path):
+    proc = run_cli("fit", "--config", f"configs/{config}.yaml", "--run.root", tmp_path, "--print_config")
+    assert "model:" in proc.stdout and "data:" in proc.stdout and "d_model" in proc.stdout
+
+
+def test_translate_show_beams_lists_scored_hypotheses_best_first(smoke_run):
+    run, _ = smoke_run
+    proc = run_cli("translate", "--ckpt", run / "checkpoints/best.ckpt", "--beam", "3", "--show-beams",
+                   "--text", "Ein Mann fährt Fahrrad.")
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if line]
+    assert len(rows) == 3
+    scores = [float(score) for score, _ in rows]
+    assert scores == sorted(scores, reverse=True)
+    best = run_cli("translate", "--ckpt", run / "checkpoints/best.ckpt", "--beam", "3", "--text",
+                   "Ein Mann fährt Fahrrad.")
+    assert best.stdout.splitlines() == [rows[0][1]]

@@ -181,10 +181,36 @@ def test_cached_greedy_equals_uncached(overrides):
     assert torch.equal(greedy_decode(plain, src, 10, True), greedy_decode(plain, src, 10, False))
 
 
-def test_max_new_tokens():
+def test_max_new_tokens_is_per_row():
     src = torch.tensor([[5, 6, 7, EOS, PAD, PAD], [5, 6, 7, 8, 9, EOS]])
-    assert max_new_tokens(src, 1.5, 10) == int(6 * 1.5) + 10
-    assert max_new_tokens(src[:1], 2.0, 0) == 8
+    assert max_new_tokens(src, 1.5, 10).tolist() == [int(4 * 1.5) + 10, int(6 * 1.5) + 10]
+    assert max_new_tokens(src[:1], 2.0, 0).tolist() == [8]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_respects_per_row_limits(use_cache):
+    model = make_model(5).eval()
+    src = sources()
+    limits = torch.arange(1, src.size(0) + 1)
+    out = greedy_decode(model, src, limits, use_cache=use_cache)
+    for row, limit in zip(out.tolist(), limits.tolist()):
+        assert sum(t != PAD for t in row) <= limit
+    tokens, _ = beam_search(model, src, beam=3, max_len=limits)
+    assert ((tokens != PAD).sum(-1) <= limits[:, None]).all()
+
+
+def test_pad_and_bos_are_never_generated():
+    model = make_model(6).eval()
+    with torch.no_grad():
+        model.lm_head.weight[PAD].fill_(10.0)  # make PAD and BOS the model's favourites
+        model.lm_head.weight[BOS].fill_(10.0)
+    out = greedy_decode(model, sources(), 8)
+    tokens, _ = beam_search(model, sources(), beam=2, max_len=8)
+    for hyp in [*out.tolist(), *tokens.flatten(0, 1).tolist()]:
+        body = hyp[: hyp.index(EOS)] if EOS in hyp else hyp
+        while body and body[-1] == PAD:  # a row cut at max_len is padded to the batch width
+            body.pop()
+        assert body and BOS not in body and PAD not in body
 
 
 # --- beam search --------------------------------------------------------------------------

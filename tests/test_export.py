@@ -12,7 +12,7 @@ import torch
 
 from pipeline.batching import collate, pad
 from pipeline.cli import main as cli_main
-from pipeline.decoding import max_new_tokens
+from pipeline.decoding import greedy_decode, max_new_tokens
 from pipeline.module import TranslationModule
 from pipeline.tokenizer import BOS, EOS, PAD, decode, encode, train_tokenizer
 from pipeline.translator import load_module
@@ -87,8 +87,8 @@ def test_marian_export_translates_like_ours(tmp_path, tie):
     torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
 
     # Greedy decoding, token for token.
-    limit = max_new_tokens(src, ours.hparams.max_len_ratio, ours.hparams.max_len_extra)
-    mine = ours.generate(src).tolist()
+    limit = int(max_new_tokens(src, ours.hparams.max_len_ratio, ours.hparams.max_len_extra).max())
+    mine = greedy_decode(ours.model, src, limit).tolist()
     theirs = hf.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=limit).tolist()
 
     def until_eos(row):

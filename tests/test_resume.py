@@ -77,3 +77,13 @@ def test_average_of_checkpoints_is_elementwise_mean(tmp_path):
     torch.save(other, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="different model config"):
         average_checkpoints([tmp_path / "epoch000.ckpt", tmp_path / "other.ckpt"])
+
+
+def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
+    proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--data.train_limit", "200",
+                   "--model.lr", "1e30", "--model.warmup_steps", "1", "--trainer.gradient_clip_val", "null",
+                   "--trainer.max_epochs", "5", check=False)
+    assert proc.returncode == 3, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "at step" in error[0] and "last good checkpoint" in error[0]
+    assert "Traceback" not in proc.stderr

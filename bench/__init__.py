@@ -1,0 +1,1 @@
+"""Speed benchmark of the pipeline's Transformer against Hugging Face MarianMT (`make bench`)."""
