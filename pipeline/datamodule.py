@@ -137,7 +137,8 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self):
         # Lightning calls set_epoch on a loader's sampler, not on its batch sampler.
-        self.batch_sampler.set_epoch(self.trainer.current_epoch)
+        if self.trainer is not None:
+            self.batch_sampler.set_epoch(self.trainer.current_epoch)
         return super().__iter__()
 
     def state_dict(self) -> dict:

@@ -9,51 +9,19 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from conftest import SEED, tiny_checkpoint
 from pipeline.attention_maps import (KINDS, AttentionImageCallback, compute_attention, figure, font_families,
                                      hangul_font_path, plot_style)
 from pipeline.batching import collate
 from pipeline.cli import main as cli_main
-from pipeline.module import TranslationModule
-from pipeline.tokenizer import encode, train_tokenizer
+from pipeline.tokenizer import encode
 from pipeline.translator import Translator, load_module
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-ko-en"
-SEED = ("안녕하세요, 만나서 반가워요", "hey, good to know you")
 HANGUL = re.compile("[\uac00-\ud7a3]")
-
-
-def tiny_checkpoint(path: Path, n_pairs: int = 12, steps: int = 150, **model_kwargs) -> list[tuple[str, str]]:
-    """Overfit a 2-layer model on the seed pair and a few short Tatoeba pairs and save it as
-    the checkpoint `fit` would write (hyper-parameters, weights, tokenizer, languages)."""
-    rows = [json.loads(line) for line in (DATA / "train.jsonl").open(encoding="utf-8")]
-    pairs = [SEED] + [(r["ko"], r["en"]) for r in rows if len(r["ko"]) < 16][: n_pairs - 1]
-    tokenizer = train_tokenizer([t for p in pairs for t in p], 600)
-    torch.manual_seed(0)
-    hp = dict(vocab_size=600, d_model=32, n_heads=4, encoder_layers=2, decoder_layers=2, d_ff=64, dropout=0.0)
-    module = TranslationModule(**(hp | model_kwargs))
-    module.tokenizer, module.languages = tokenizer, ("ko", "en")
-    src, tgt = encode(tokenizer, [p[0] for p in pairs]), encode(tokenizer, [p[1] for p in pairs])
-    batch = collate([{"src_ids": s, "tgt_ids": t, "index": i} for i, (s, t) in enumerate(zip(src, tgt))])
-    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy CPU
-    try:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            module.loss(batch, 0.0).backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                  "pytorch-lightning_version": L.__version__}
-    module.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
-    return pairs
 
 
 @pytest.fixture(scope="module")

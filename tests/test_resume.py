@@ -87,3 +87,12 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "at step" in error[0] and "last good checkpoint" in error[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_early_stopping_on_validation_bleu(tmp_path):
+    # A learning rate this small never improves BLEU, so patience 1 stops after epoch 2.
+    run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--data.train_limit", "200",
+            "--data.val_limit", "20", "--model.lr", "1e-12", "--trainer.max_epochs", "20",
+            "--checkpoint.early_stop_patience", "1", "--trainer.enable_progress_bar", "false")
+    last = torch.load(tmp_path / "smoke/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] <= 3
