@@ -50,13 +50,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.batching import Batch, TokenBucketSampler, collate, padding_efficiency
 from pipeline.data import load_split
 from pipeline.datamodule import TranslationDataModule
 from pipeline.decoding import beam_search, greedy_decode
+from pipeline.loss import token_cross_entropy
 from pipeline.model import Transformer, TransformerConfig
 from pipeline.tokenizer import BOS, EOS, PAD, train_tokenizer
 
@@ -153,9 +153,7 @@ class Side:
     def train_step(self, batch: Batch, bf16: bool, label_smoothing: float) -> None:
         """Forward, loss (as TranslationModule.loss), backward, optimiser step."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = self.logits_fn(self.model, batch)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD,
-                                   label_smoothing=label_smoothing)
+            loss = token_cross_entropy(self.logits_fn(self.model, batch), batch.tgt_out, label_smoothing)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -380,11 +378,11 @@ def run(s: Settings) -> dict:
     for side in sides.values():
         side.model.eval()
     fixed = FixedLength(ours_model)
-    for src in sources:  # sanity: the cache changes nothing, both sides make the same number of tokens
+    cache_equal = []  # sanity: the cache changes nothing, both sides make the same number of tokens
+    for src in sources:
         head = src[: s.sanity_rows]  # uncached decoding is slow (it reruns the whole prefix each step)
         cached = greedy_decode(fixed, head, s.max_new_tokens)
-        if not torch.equal(cached, greedy_decode(fixed, head, s.max_new_tokens, use_cache=False)):
-            raise AssertionError("greedy decoding with and without the KV cache disagree")
+        cache_equal.append(torch.equal(cached, greedy_decode(fixed, head, s.max_new_tokens, use_cache=False)))
         if cached.size(1) != s.max_new_tokens:
             raise AssertionError(f"ours made {cached.size(1)} tokens, not {s.max_new_tokens}")
         if marian_generate(marian, src, 1, s.max_new_tokens).size(1) != s.max_new_tokens + 1:  # + start token
@@ -455,7 +453,8 @@ def run(s: Settings) -> dict:
         "epoch_rss_mb": epoch_rss,
         "memory_growth_mb_per_epoch": {name: (v[-1] - v[0]) / (len(v) - 1) if len(v) > 1 else None
                                        for name, v in epoch_rss.items()},
-        "sanity": {"greedy_cache_equals_no_cache": True, "rows_checked_per_batch": s.sanity_rows or s.decode_batch,
+        "sanity": {"greedy_cache_equals_no_cache": all(cache_equal), "batches_checked": len(cache_equal),
+                   "rows_checked_per_batch": s.sanity_rows or s.decode_batch,
                    "new_tokens_per_hypothesis": s.max_new_tokens},
         "targets": TARGETS,
         "seconds": time.perf_counter() - started,

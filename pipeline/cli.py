@@ -1,63 +1,104 @@
-"""Command line: `python -m pipeline fit|validate|test` (LightningCLI) and
-`python -m pipeline evaluate|translate` (a trained checkpoint on new text)."""
+"""The command line: one table of commands drives dispatch, `--help` and `COMMAND --help`.
+
+    python -m pipeline fit --config configs/multi30k.yaml [--trainer.max_epochs 2 --model.d_model 512 ...]
+    python -m pipeline evaluate --ckpt runs/multi30k/checkpoints/best.ckpt --data ../shared/data/multi30k \\
+        --split test --out runs/multi30k/eval-test
+
+Flag style, everywhere: config groups are dotted (--trainer.*, --model.*, --train.*,
+--decoding.*, --data.*, --run.*, --checkpoint.*) and every name is spelled with underscores
+(--ckpt_path, --batch_size, --length_penalty). fit/validate/test are LightningCLI commands
+over the typed config classes; the others are typed functions below, whose signatures and
+docstrings jsonargparse turns into their options and help. Old spellings (--batch-size,
+--model.lr, `model: {lr: ...}` in a YAML file) still work, with a deprecation message.
+"""
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import difflib
+import inspect
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pipeline.errors import UserError
 
-USAGE = """usage: python -m pipeline COMMAND ...
+STARTED = time.monotonic()  # the run's wall time in results.json counts from here
 
-commands:
-  fit | validate | test   train or check a model (LightningCLI: --config configs/NAME.yaml, --help)
-  evaluate                BLEU/chrF of a checkpoint on a dataset split
-  translate               translate stdin (one sentence a line) or --text
-  average                 average the weights of several checkpoints
-  attention               attention heatmaps (PNG) of a checkpoint on one sentence
-  export                  write a Hugging Face MarianMT directory
-"""
+
+# -- typed groups of the training commands --------------------------------------------------
+@dataclass
+class RunConfig:
+    """Where a training run writes: the `run:` section.
+
+    Args:
+        name: run directory runs/<name> (default: the config file's name).
+        root: folder that holds the runs.
+        overwrite: replace an existing run directory instead of refusing.
+        logger: wandb (offline unless WANDB_MODE says otherwise) or csv.
+        wandb_project: W&B project.
+        attention_text: W&B runs: sentence whose cross-attention image is logged after each
+            validation (default: one from the first validation batch).
+    """
+
+    name: str | None = None
+    root: str = "runs"
+    overwrite: bool = False
+    logger: Literal["wandb", "csv"] = "wandb"
+    wandb_project: str = "pipeline-nmt"
+    attention_text: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    """Which checkpoints a training run keeps: the `checkpoint:` section (best.ckpt by
+    validation BLEU and last.ckpt are always written).
+
+    Args:
+        every_n_train_steps: also write last.ckpt every N steps (mid-epoch resume points).
+        keep_epochs: keep the checkpoints of the last K epochs (for `average`).
+        early_stop_patience: stop after this many validations without a better val/bleu.
+    """
+
+    every_n_train_steps: int | None = None
+    keep_epochs: int = 0
+    early_stop_patience: int | None = None
 
 
 def lightning_cli(args: list[str]) -> None:
+    """fit / validate / test through LightningCLI, with the typed groups above."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from pipeline.attention_maps import AttentionImageCallback
-    from pipeline.checkpoints import AtomicCheckpointIO
-
+    from pipeline.callbacks import AttentionImageCallback, ProgressLog
+    from pipeline.checkpoints import AtomicCheckpointIO, read_checkpoint
     from pipeline.datamodule import TranslationDataModule
-    from pipeline.module import TranslationModule
+    from pipeline.decoding import DecodingConfig
+    from pipeline.finalize import FinalConfig
+    from pipeline.model import TransformerConfig
+    from pipeline.module import TrainConfig, TranslationModule
 
     class TranslationCLI(LightningCLI):
+        def add_core_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(self.trainer_class, "trainer")
+            parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+            parser.add_class_arguments(TransformerConfig, "model", help="the architecture (TransformerConfig)")
+            parser.add_class_arguments(TrainConfig, "train", help="loss, optimiser and schedule (TrainConfig)")
+            parser.add_class_arguments(DecodingConfig, "decoding", help="how validation/test translate")
+            parser.add_lightning_class_args(TranslationDataModule, "data")
+
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--run.name", type=str | None, default=None,
-                                help="run directory runs/<name> (default: the config file's name)")
-            parser.add_argument("--run.root", type=str, default="runs", help="folder that holds the runs")
-            parser.add_argument("--run.overwrite", type=bool, default=False,
-                                help="replace an existing run directory instead of refusing")
-            parser.add_argument("--run.logger", type=Literal["wandb", "csv"], default="wandb",
-                                help="wandb (offline unless WANDB_MODE says otherwise) or csv")
-            parser.add_argument("--run.wandb_project", type=str, default="pipeline-nmt", help="W&B project")
-            parser.add_argument("--checkpoint.every_n_train_steps", type=int | None, default=None,
-                                help="also write last.ckpt every N steps (mid-epoch resume points)")
-            parser.add_argument("--checkpoint.keep_epochs", type=int, default=0,
-                                help="keep the checkpoints of the last K epochs (for `average`)")
-            parser.add_argument("--checkpoint.early_stop_patience", type=int | None, default=None,
-                                help="stop after this many validations without a better val/bleu")
-            parser.add_argument("--run.attention_text", type=str | None, default=None,
-                                help="W&B runs: sentence whose cross-attention image is logged after each "
-                                     "validation (default: one from the first validation batch)")
+            parser.add_class_arguments(RunConfig, "run", help="where the run writes (RunConfig)")
+            parser.add_class_arguments(CheckpointConfig, "checkpoint", help="checkpoints kept (CheckpointConfig)")
+            parser.add_class_arguments(FinalConfig, "final", help="after fit: choose on validation, score test")
             parser.link_arguments("data.vocab_size", "model.vocab_size")
 
         def before_instantiate_classes(self) -> None:
@@ -65,24 +106,66 @@ def lightning_cli(args: list[str]) -> None:
             configs = cfg.get("config") or []
             name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
             self.run_dir = Path(cfg.run.root) / name
+            if self.subcommand != "fit":
+                self.use_checkpoint_config(cfg)
+                return
             cfg.data.tokenizer_file = str(self.run_dir / "tokenizer.json")
             if rank_zero_only.rank != 0:  # DDP workers re-run this CLI; rank 0 owns the run directory
                 return
-            if self.subcommand == "fit" and self.run_dir.exists() and cfg.get("ckpt_path") is None:
+            if self.run_dir.exists() and cfg.get("ckpt_path") is None:
                 if not cfg.run.overwrite:
                     raise UserError(f"run directory {self.run_dir} already exists: resume with --ckpt_path last, "
                                     "pick another --run.name, or pass --run.overwrite true")
                 shutil.rmtree(self.run_dir)
-            if self.subcommand == "fit" and cfg.get("ckpt_path") == "last" and not \
-                    (self.run_dir / "checkpoints" / "last.ckpt").exists():
+            if cfg.get("ckpt_path") == "last" and not (self.run_dir / "checkpoints" / "last.ckpt").exists():
                 raise UserError(f"--ckpt_path last: no {self.run_dir}/checkpoints/last.ckpt to resume from")
             self.run_dir.mkdir(parents=True, exist_ok=True)
             print(f"run directory: {self.run_dir}", flush=True)
 
+        def use_checkpoint_config(self, cfg) -> None:
+            """validate/test score a checkpoint: its architecture, tokenizer and languages come
+            from the file (a config file can only change the data and --decoding.* flags)."""
+            ckpt_path = cfg.get("ckpt_path")
+            if ckpt_path in ("last", "best"):
+                ckpt_path = cfg.ckpt_path = str(self.run_dir / "checkpoints" / f"{ckpt_path}.ckpt")
+            if not ckpt_path:
+                raise UserError(f"{self.subcommand} scores a trained model: pass --ckpt_path "
+                                "runs/<name>/checkpoints/best.ckpt (or best / last with --config of the run)")
+            ckpt = read_checkpoint(ckpt_path)
+            hp = ckpt["hyper_parameters"]
+            for key, value in hp["model"].items():
+                cfg.model[key] = value
+            cfg.data.vocab_size = hp["model"]["vocab_size"]
+            for key, value in hp["decoding"].items():
+                if f"--decoding.{key}" not in args:
+                    cfg.decoding[key] = value
+            if ckpt["languages"]:
+                cfg.data.src_lang, cfg.data.tgt_lang = ckpt["languages"]
+            tokenizer_file = Path(tempfile.mkdtemp(prefix="pipeline-")) / "tokenizer.json"
+            tokenizer_file.write_text(ckpt["tokenizer"], encoding="utf-8")
+            cfg.data.tokenizer_file = str(tokenizer_file)
+
+        def _parse_ckpt_path(self) -> None:
+            """LightningCLI would copy a checkpoint's hyper-parameters into the parser as flat
+            `model.*` keys; this project's checkpoints nest them ({"model", "train", "decoding"})
+            and validate/test read them in `use_checkpoint_config` instead."""
+
+        def instantiate_classes(self) -> None:
+            try:  # the config classes check their values in __post_init__ (ValueError)
+                self.config_init = self.parser.instantiate_classes(self.config)
+            except ValueError as e:
+                raise UserError(str(e).strip().splitlines()[-1]) from None
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = TranslationModule(self._get(self.config_init, "model"), self._get(self.config_init, "train"),
+                                           self._get(self.config_init, "decoding"))
+            self.trainer = self.instantiate_trainer()
+
         def instantiate_trainer(self, **kwargs):
             cfg = self.config_init[self.subcommand]
+            if self.subcommand != "fit":
+                return super().instantiate_trainer(logger=False, **kwargs)
             ckpt_dir = self.run_dir / "checkpoints"
-            callbacks = list(cfg.trainer.get("callbacks") or [])
+            callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog()]
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
                                              save_top_k=1, save_last=True, auto_insert_metric_name=False,
                                              enable_version_counter=False))
@@ -105,85 +188,160 @@ def lightning_cli(args: list[str]) -> None:
             plugins = list(cfg.trainer.get("plugins") or []) + [AtomicCheckpointIO()]
             return super().instantiate_trainer(callbacks=callbacks, logger=logger, plugins=plugins, **kwargs)
 
-    cli = TranslationCLI(TranslationModule, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
-                         trainer_defaults={"use_distributed_sampler": False})
-    if rank_zero_only.rank == 0:
+        def after_fit(self) -> None:
+            """Choose checkpoint and decoding on validation, score test once, write results.json."""
+            cfg = self.config_init["fit"]
+            if not cfg.final.enabled or not self.trainer.is_global_zero or self.trainer.interrupted:
+                return
+            run_finalize(self.run_dir, self.datamodule, cfg.final, self.trainer, args)
+
+        def after_validate(self) -> None:
+            self.print_scores("validation")
+
+        def after_test(self) -> None:
+            self.print_scores("test")
+
+        def print_scores(self, split: str) -> None:
+            scores = getattr(self.model, "last_scores", None)
+            if scores and self.trainer.is_global_zero:
+                prefix = "val" if split == "validation" else "test"
+                print(f"{split} BLEU {scores[f'{prefix}/bleu']:.2f}  chrF {scores[f'{prefix}/chrf']:.2f}  "
+                      f"on {scores['n']} sentences, beam {self.model.decoding.beam}; {scores['signature']}", flush=True)
+
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    cli = TranslationCLI(None, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
+                         trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False)
+    if cli.subcommand == "fit" and rank_zero_only.rank == 0:
         print(f"run directory: {cli.run_dir}", flush=True)
 
 
-def evaluate(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline evaluate",
-                                description="Translate a dataset split and score it with sacreBLEU.")
-    p.add_argument("--ckpt", required=True, help="checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt")
-    p.add_argument("--data", required=True, help="dataset directory, hub id, or .jsonl file")
-    p.add_argument("--split", default=None, help="split name (not needed for a .jsonl file)")
-    p.add_argument("--out", required=True, help="output directory for metrics.json and hypotheses.txt")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    p.add_argument("--length-penalty", type=float, default=None, help="beam length penalty (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=128, help="sentences per batch")
-    p.add_argument("--max-tokens", type=int, default=8192, help="source tokens per batch")
-    args = p.parse_args(argv)
+def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: list[str] | None = None) -> dict:
+    """`finalize` on the validation and test pairs of a datamodule; the summary goes to W&B too."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from pipeline.finalize import finalize
+
+    validation = datamodule.load("validation")
+    try:
+        test = datamodule.load("test")
+    except UserError as e:
+        print(f"final: no test split ({e})", flush=True)
+        test = None
+    extra = {"command": "python -m pipeline " + " ".join(argv or sys.argv[1:])}
+    if trainer is not None:
+        extra |= {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
+                  "precision": str(trainer.precision), "wall_time_s": round(time.monotonic() - STARTED, 1)}
+    results = finalize(run_dir, validation, test, final_config, log=lambda m: print(m, flush=True), **extra)
+    for logger in (trainer.loggers if trainer is not None else []):
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(
+                {"final/val_bleu": results["validation"]["bleu"], "final/beam": results["beam"],
+                 "final/length_penalty": results["length_penalty"], "final/chosen_from": results["chosen_from"],
+                 **({"final/test_bleu": results["test"]["bleu"], "final/test_chrf": results["test"]["chrf"]}
+                    if results["test"] else {})})
+    return results
+
+
+# -- commands on a trained checkpoint ------------------------------------------------------
+def finalize(run: str) -> None:
+    """Choose the checkpoint (best, or an average of the newest epochs) and the decoding (beam,
+    length penalty) on validation, score the test split once, write RUN/results.json and
+    RUN/checkpoints/final.ckpt. `fit` does this itself when it ends; run it again for a run
+    that was resumed or cut short.
+
+    Args:
+        run: run directory, e.g. runs/multi30k (uses its config.yaml for the data and final sections).
+    """
+    import yaml
+
+    from pipeline.datamodule import TranslationDataModule
+    from pipeline.finalize import FinalConfig
+
+    config_file = Path(run) / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"no {config_file}: pass a run directory written by `python -m pipeline fit`")
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    datamodule = TranslationDataModule(**config["data"])
+    run_finalize(Path(run), datamodule, FinalConfig(**(config.get("final") or {})), argv=["finalize", "--run", run])
+
+
+
+def evaluate(ckpt: str, data: str, out: str, split: str | None = None, beam: int | None = None,
+             length_penalty: float | None = None, batch_size: int = 128, max_tokens: int = 8192) -> None:
+    """Translate a dataset split and score it with sacreBLEU (BLEU, chrF); writes
+    OUT/metrics.json and OUT/hypotheses.txt.
+
+    Args:
+        ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
+        data: dataset directory, hub id, or .jsonl file.
+        out: output directory for metrics.json and hypotheses.txt.
+        split: split name, e.g. test (not needed for a .jsonl file).
+        beam: beam size (1 = greedy; default: the run's decoding.beam).
+        length_penalty: beam length penalty (default: the run's decoding.length_penalty).
+        batch_size: sentences per batch.
+        max_tokens: source tokens per batch.
+    """
     from pipeline.data import load_split
     from pipeline.metrics import corpus_scores
-    from pipeline.translator import Translator, load_module
+    from pipeline.translator import Translator
 
-    module = load_module(args.ckpt)
-    if args.length_penalty is not None:
-        module.hparams.length_penalty = args.length_penalty
-    src_lang, tgt_lang = module.languages
-    if args.split is None and not args.data.endswith(".jsonl"):
-        raise UserError(f"--split is required for {args.data} (e.g. --split test)")
-    pairs = load_split(args.data, args.split, src_lang, tgt_lang)
-    translator = Translator(module, args.beam, args.max_tokens, batch_size=args.batch_size)
+    if split is None and not data.endswith(".jsonl"):
+        raise UserError(f"--split is required for {data} (e.g. --split test)")
+    translator = Translator.from_checkpoint(ckpt, beam=beam, length_penalty=length_penalty, device="auto",
+                                            batch_size=batch_size, max_tokens=max_tokens)
+    src_lang, tgt_lang = translator.languages
+    pairs = load_split(data, split, src_lang, tgt_lang)
     start = time.perf_counter()
     hyps = translator.translate(pairs["src"])
     seconds = time.perf_counter() - start
     scores = corpus_scores(hyps, pairs["tgt"])
     lower = corpus_scores(hyps, pairs["tgt"], lowercase=True)
+    decoding = translator.decoding
     metrics = {
         "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["bleu_signature"],
         "chrf_signature": scores["chrf_signature"], "bleu_lowercase": round(lower["bleu"], 2),
-        "n": len(hyps), "data": args.data, "split": args.split, "src_lang": src_lang, "tgt_lang": tgt_lang,
-        "beam": args.beam, "length_penalty": module.hparams.length_penalty, "ckpt": args.ckpt,
+        "n": len(hyps), "data": data, "split": split, "src_lang": src_lang, "tgt_lang": tgt_lang,
+        "beam": decoding.beam, "length_penalty": decoding.length_penalty, "ckpt": ckpt,
         "truncated": translator.truncated, "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(hyps) / seconds, 1),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  (lowercased BLEU {metrics['bleu_lowercase']:.2f}) "
-          f"on {metrics['n']} sentences, beam {args.beam}; {metrics['signature']}")
-    print(f"wrote {out / 'metrics.json'} and {out / 'hypotheses.txt'}")
+          f"on {metrics['n']} sentences, beam {decoding.beam}; {metrics['signature']}")
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'hypotheses.txt'}")
 
 
-def translate(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline translate",
-                                description="Translate sentences from stdin (one a line) or --text.")
-    p.add_argument("--ckpt", required=True, help="checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt")
-    p.add_argument("--text", default=None, help="one sentence to translate instead of stdin")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    p.add_argument("--batch-size", type=int, default=128, help="sentences per batch")
-    p.add_argument("--show-beams", action="store_true",
-                   help="print every beam hypothesis as 'score<TAB>text' (best first), then a blank line")
-    args = p.parse_args(argv)
+def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch_size: int = 128,
+              show_beams: bool = False) -> None:
+    """Translate sentences from stdin (one a line; a prompt when stdin is a terminal) or --text.
+
+    Args:
+        ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
+        text: one sentence to translate instead of stdin.
+        beam: beam size (1 = greedy; default: the run's decoding.beam).
+        batch_size: sentences per batch.
+        show_beams: print every beam hypothesis as 'score<TAB>text' (best first), then a blank line.
+    """
     from pipeline.data import read_lines
-    from pipeline.translator import Translator, load_module
+    from pipeline.translator import Translator
 
-    translator = Translator(load_module(args.ckpt), args.beam, batch_size=args.batch_size)
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size)
 
     def show(lines: list[str]) -> None:
-        if not args.show_beams:
+        if not show_beams:
             for hyp in translator.translate(lines):
                 print(hyp, flush=True)
             return
         for line in lines:
-            for hyp, score in translator.nbest(line) if line.strip() else [("", 0.0)]:
+            for hyp, score in translator.nbest(line):
                 print(f"{score:.4f}\t{hyp}")
             print(flush=True)
 
-    if args.text is not None:
-        show([args.text])
+    if text is not None:
+        show([text])
     elif sys.stdin.isatty():
         print("type a sentence and press Enter (Ctrl-D to quit)", file=sys.stderr)
         for line in sys.stdin:
@@ -195,28 +353,191 @@ def translate(argv: list[str]) -> None:
               "were truncated", file=sys.stderr)
 
 
-COMMANDS = {"evaluate": evaluate, "translate": translate}
-# Commands that live in their own module, each with a `main(argv)`; imported only when used.
-MODULE_COMMANDS = {
-    "average": "pipeline.checkpoints",
-    "attention": "pipeline.attention_maps",
-    "export": "pipeline.export",
+def average(out: str, ckpts: list[str] | None = None, run: str | None = None, last: int = 5) -> None:
+    """Average the weights of several checkpoints of one run into one checkpoint.
+
+    Args:
+        out: output checkpoint, e.g. runs/multi30k/checkpoints/avg.ckpt.
+        ckpts: checkpoint files to average (or --run).
+        run: run directory: average its newest --last epoch checkpoints.
+        last: with --run: how many of the newest epoch checkpoints.
+    """
+    from pipeline.checkpoints import average_checkpoints, epoch_checkpoints
+
+    if (ckpts is None) == (run is None):
+        raise UserError("pass exactly one of --ckpts A B C or --run runs/NAME")
+    paths = ckpts if ckpts else epoch_checkpoints(run, last)
+    average_checkpoints(paths, out)
+    print(f"averaged {len(paths)} checkpoints -> {out}")
+
+
+def attention(ckpt: str, text: str, out: str, target: str | None = None, dpi: int = 100) -> None:
+    """Draw the attention weights of a checkpoint on one sentence as PNG heatmaps: encoder
+    self-attention, decoder (causal) self-attention and cross-attention, per layer with every
+    head and the head average.
+
+    Args:
+        ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
+        text: source sentence.
+        out: output directory for the PNG files and tokens.json.
+        target: target sentence to feed the decoder (default: the model's own greedy translation).
+        dpi: PNG resolution.
+    """
+    from pipeline.attention_maps import compute_attention
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.plotting import write_heatmaps
+
+    if target is not None and not target.strip():
+        raise UserError("--target is empty: pass a target sentence or leave --target out to use the translation")
+    if dpi < 10:
+        raise UserError(f"--dpi must be >= 10, got {dpi}")
+    checkpoint = load_checkpoint(ckpt)
+    maps = compute_attention(checkpoint.model, checkpoint.tokenizer, text, target, checkpoint.decoding)
+    written = write_heatmaps(maps, out, dpi)
+    print(f"source: {' '.join(maps.src_tokens)}")
+    print(f"target: {maps.target}" + ("" if target is not None else "  (greedy translation)"))
+    print(f"wrote {len(written)} PNG files and tokens.json to {out}")
+
+
+def export(ckpt: str, out: str, format: Literal["hf-marian"] = "hf-marian", overwrite: bool = False) -> None:
+    """Write a checkpoint in another framework's format. hf-marian: a Hugging Face
+    MarianMTModel directory (post-norm checkpoints only, i.e. trained with --model.pre_norm false).
+
+    Args:
+        ckpt: checkpoint, e.g. runs/NAME/checkpoints/best.ckpt.
+        out: output directory.
+        format: export format.
+        overwrite: replace a non-empty output directory.
+    """
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.export import export_hf_marian
+
+    written = export_hf_marian(load_checkpoint(ckpt), out, overwrite)
+    print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    print(f"load with: MarianMTModel.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})")
+
+
+# -- the command table ---------------------------------------------------------------------
+@dataclass
+class Command:
+    summary: str
+    function: Callable | None = None  # None: a LightningCLI subcommand
+
+
+COMMANDS: dict[str, Command] = {
+    "fit": Command("train a model: --config configs/NAME.yaml, then --group.key value overrides"),
+    "validate": Command("BLEU/chrF of a checkpoint on the validation split: --config ... --ckpt_path CKPT"),
+    "test": Command("BLEU/chrF of a checkpoint on the test split: --config ... --ckpt_path CKPT"),
+    "finalize": Command("choose checkpoint and decoding on validation, score test once (fit does it)", finalize),
+    "evaluate": Command("translate any dataset split with a checkpoint and score it", evaluate),
+    "translate": Command("translate stdin (one sentence a line) or --text", translate),
+    "average": Command("average the weights of several checkpoints", average),
+    "attention": Command("attention heatmaps (PNG) of a checkpoint on one sentence", attention),
+    "export": Command("write a checkpoint as a Hugging Face MarianMT directory", export),
 }
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m pipeline COMMAND [options]   (python -m pipeline COMMAND --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "Options are --group.key for config groups (--trainer.max_epochs, --model.d_model, --train.lr,",
+              "--data.path, --run.name) and --snake_case otherwise (--ckpt_path, --batch_size)."]
+    return "\n".join(lines)
+
+
+# Old spellings still accepted: flag -> new flag.
+DEPRECATED_FLAGS = {"--length-penalty": "--length_penalty", "--batch-size": "--batch_size",
+                    "--max-tokens": "--max_tokens", "--show-beams": "--show_beams"}
+
+
+def upgrade_args(argv: list[str]) -> list[str]:
+    """Rewrite deprecated spellings with a message on stderr: dashed flags, and the training
+    settings that moved from --model.* to --train.* / --decoding.* (also inside --config files)."""
+    from pipeline.checkpoints import upgrade_hparams
+
+    out = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        new = DEPRECATED_FLAGS.get(flag)
+        if new is None and flag.startswith("--model."):
+            key = flag[len("--model."):]
+            moved = upgrade_hparams({key: None})
+            group = next(g for g in ("model", "train", "decoding") if moved[g])
+            if group != "model":
+                new = f"--{group}.{next(iter(moved[group]))}"
+        if new is not None:
+            print(f"deprecated: {flag} is now spelled {new}", file=sys.stderr)
+            arg = new + eq + value
+        elif i > 0 and argv[i - 1] == "--config" or flag == "--config" and eq:
+            arg = (flag + eq if eq else "") + upgrade_config_file(value if eq else arg)
+        out.append(arg)
+    return out
+
+
+def upgrade_config_file(path: str) -> str:
+    """A YAML config whose `model:` section holds training settings (the layout before
+    `train:` and `decoding:` existed) is rewritten to a temporary copy (same file name, so
+    the run name is unchanged); other files are returned as they are."""
+    import yaml
+
+    from pipeline.checkpoints import upgrade_hparams
+    from pipeline.model import TransformerConfig
+
+    p = Path(path)
+    if p.suffix not in (".yaml", ".yml") or not p.is_file():
+        return path
+    config = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    section = config.get("model")
+    model_keys = {f.name for f in fields(TransformerConfig)}
+    if not isinstance(section, dict) or set(section) <= model_keys:
+        return path
+    moved = upgrade_hparams(section)
+    print(f"deprecated: {path} keeps training settings under model:; they now live under train: and decoding: "
+          f"({', '.join(k for k in section if k not in model_keys)})", file=sys.stderr)
+    config["model"] = moved["model"]
+    for group in ("train", "decoding"):
+        if moved[group]:
+            config[group] = {**moved[group], **(config.get(group) or {})}
+    copy = Path(tempfile.mkdtemp(prefix="pipeline-config-")) / p.name
+    copy.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return str(copy)
+
+
+def run_function(name: str, function: Callable, argv: list[str]) -> None:
+    """Parse argv against the function's typed signature (help from its docstring) and call it."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog=f"python -m pipeline {name}", description=function.__doc__.split("\n\n")[0],
+                            env_prefix=None, default_env=False)
+    parser.add_function_arguments(function, as_group=False)
+    # A boolean option may be given bare (--show_beams), as argparse users expect.
+    flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
+    argv = [a for i, arg in enumerate(argv)
+            for a in ([arg, "true"] if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")) else [arg])]
+    cfg = parser.parse_args(argv)
+    function(**cfg.as_dict())
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("WANDB_MODE", "offline")
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return
+    name = argv[0]
     try:
-        if argv[0] in COMMANDS:
-            COMMANDS[argv[0]](argv[1:])
-        elif argv[0] in MODULE_COMMANDS:
-            importlib.import_module(MODULE_COMMANDS[argv[0]]).main(argv[1:])
+        if name not in COMMANDS:
+            close = difflib.get_close_matches(name, COMMANDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"unknown command {name!r}{hint}; commands: {', '.join(COMMANDS)}")
+        args = upgrade_args(argv[1:])
+        command = COMMANDS[name]
+        if command.function is None:
+            lightning_cli([name, *args])
         else:
-            lightning_cli(argv)
+            run_function(name, command.function, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,7 @@
-"""Batched greedy decoding and beam search with a key/value cache.
+"""Batched greedy decoding and beam search with a key/value cache, behind one `generate()`.
+
+Every caller (validation, `evaluate`, `translate`, attention maps, the server) decodes
+through `generate`, which owns the length limit and the choice of greedy or beam search.
 
 Both start every hypothesis from BOS, stop a row at EOS and never run past its `max_len`
 new tokens (one bound for all rows, or one per row so that a sentence's translation does
@@ -8,10 +11,66 @@ not depend on what else is in its batch). PAD and BOS are never generated. The m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from pipeline.tokenizer import BOS, EOS, PAD
+
+
+@dataclass
+class DecodingConfig:
+    """How a trained model translates; saved in every checkpoint.
+
+    Args:
+        beam: beam size for validation BLEU and the default of `evaluate`/`translate` (1 = greedy).
+        length_penalty: beam score = log p / length^length_penalty (0: raw log-probability).
+        max_len_ratio: a translation stops after max_len_ratio × source length + max_len_extra tokens.
+        max_len_extra: see max_len_ratio.
+    """
+
+    beam: int = 1
+    length_penalty: float = 1.0
+    max_len_ratio: float = 1.5
+    max_len_extra: int = 10
+
+    def __post_init__(self):
+        if self.beam < 1:
+            raise ValueError(f"decoding.beam must be >= 1, got {self.beam}")
+        if self.max_len_ratio < 0 or self.max_len_extra < 1:
+            raise ValueError(f"decoding.max_len_ratio must be >= 0 and decoding.max_len_extra >= 1, got "
+                             f"{self.max_len_ratio} and {self.max_len_extra}")
+
+
+class Generated(NamedTuple):
+    """tokens: (B, nbest, T) ids without BOS, EOS then PAD; scores: (B, nbest) beam scores
+    (log p / length^length_penalty), or None for greedy decoding without scores."""
+
+    tokens: Tensor
+    scores: Tensor | None
+
+
+def generate(model, src: Tensor, config: DecodingConfig, beam: int | None = None, nbest: int = 1,
+             return_scores: bool = False) -> Generated:
+    """Translate a batch of sources: the one decoding entry point.
+
+    src: (B, S) ids + EOS, right-padded. `beam` overrides config.beam; `nbest` ≤ beam
+    hypotheses come back per sentence, best first. Each row stops after
+    max_len_ratio × its length + max_len_extra new tokens, and never past the model's
+    positional table. Greedy when the beam is 1 (beam search of width 1 gives the same tokens,
+    tested; it runs instead when scores are asked for).
+    """
+    beam = config.beam if beam is None else beam
+    if beam < 1 or not 1 <= nbest <= beam:
+        raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, got beam={beam}, nbest={nbest}")
+    max_len = max_new_tokens(src, config.max_len_ratio, config.max_len_extra).clamp(
+        max=model.cfg.max_positions - 1)
+    if beam == 1 and not return_scores:
+        return Generated(greedy_decode(model, src, max_len)[:, None], None)
+    tokens, scores = beam_search(model, src, beam, max_len, config.length_penalty)
+    return Generated(tokens[:, :nbest], scores[:, :nbest])
 
 
 def max_new_tokens(src: Tensor, ratio: float, extra: int) -> Tensor:

@@ -1,5 +1,7 @@
 """Export a checkpoint as a Hugging Face MarianMT directory: `python -m pipeline export`.
 
+Every function takes a loaded `pipeline.checkpoints.Checkpoint`.
+
     python -m pipeline export --ckpt runs/NAME/checkpoints/best.ckpt --out exported/NAME --format hf-marian
 
 writes config.json, generation_config.json, model.safetensors, tokenizer.json,
@@ -31,7 +33,6 @@ PreTrainedTokenizerFast(tokenizer_file=...), pass split_special_tokens=True for 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -45,24 +46,24 @@ from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 FORMATS = ("hf-marian",)
 
 
-def check_exportable(module) -> None:
+def check_exportable(checkpoint) -> None:
     """Raise UserError if the checkpoint's architecture has no MarianMT equivalent."""
-    cfg = module.config
+    cfg = checkpoint.config
     if cfg.pre_norm:
         raise UserError("this checkpoint is pre-norm (model.pre_norm true, the default), which MarianMT cannot "
                         "represent: export a model trained with --model.pre_norm false")
     if cfg.d_model % 2:
         raise UserError(f"model.d_model={cfg.d_model} is odd; Marian's sinusoidal positions differ from ours for "
                         "odd widths: export a model with an even d_model")
-    model = module.model
+    model = checkpoint.model
     if not isinstance(model.encoder_norm, nn.Identity) or not isinstance(model.decoder_norm, nn.Identity):
         raise UserError("the model has a final LayerNorm per stack, which MarianMT lacks: export a post-norm model")
 
 
-def marian_config(module) -> dict:
+def marian_config(checkpoint) -> dict:
     """config.json of the equivalent MarianMTModel."""
-    cfg = module.config
-    src_lang, tgt_lang = module.languages or (None, None)
+    cfg = checkpoint.config
+    src_lang, tgt_lang = checkpoint.languages or (None, None)
     return {
         "architectures": ["MarianMTModel"],
         "model_type": "marian",
@@ -97,8 +98,8 @@ def marian_config(module) -> dict:
     }
 
 
-def generation_config(module) -> dict:
-    cfg = module.config
+def generation_config(checkpoint) -> dict:
+    cfg = checkpoint.config
     return {
         "decoder_start_token_id": BOS, "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD,
         "forced_eos_token_id": None, "num_beams": 1, "do_sample": False,
@@ -109,9 +110,9 @@ def generation_config(module) -> dict:
     }
 
 
-def marian_state_dict(module) -> dict[str, torch.Tensor]:
+def marian_state_dict(checkpoint) -> dict[str, torch.Tensor]:
     """Our parameter names -> MarianMTModel's, tensors copied (contiguous, on CPU)."""
-    model, cfg = module.model, module.config
+    model, cfg = checkpoint.model, checkpoint.config
     sd = {}
 
     def put(name: str, tensor: torch.Tensor) -> None:
@@ -169,33 +170,33 @@ def hf_tokenizer_json(tokenizer) -> str:
     return hf.to_str(pretty=True)
 
 
-def tokenizer_config(module) -> dict:
+def tokenizer_config(checkpoint) -> dict:
     special = {"pad_token": SPECIAL_TOKENS[PAD], "bos_token": SPECIAL_TOKENS[BOS], "eos_token": SPECIAL_TOKENS[EOS],
                "unk_token": SPECIAL_TOKENS[UNK]}
-    return {"tokenizer_class": "PreTrainedTokenizerFast", **special, "model_max_length": module.config.max_positions,
+    return {"tokenizer_class": "PreTrainedTokenizerFast", **special, "model_max_length": checkpoint.config.max_positions,
             "clean_up_tokenization_spaces": False, "padding_side": "right",
             # A literal "</s>" in a sentence is text, not a control token (as in load_tokenizer).
             "split_special_tokens": True}, special
 
 
-def export_hf_marian(module, out: str | Path, overwrite: bool = False) -> list[Path]:
+def export_hf_marian(checkpoint, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Write the MarianMT directory; returns the files written."""
     try:
         from safetensors.torch import save_file
     except ImportError:
         raise UserError("exporting needs the safetensors package: pip install safetensors") from None
-    check_exportable(module)
+    check_exportable(checkpoint)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"output directory {out} is not empty: pick another --out or pass --overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok_config, special = tokenizer_config(module)
+    tok_config, special = tokenizer_config(checkpoint)
     files = {
-        "config.json": json.dumps(marian_config(module), indent=2) + "\n",
-        "generation_config.json": json.dumps(generation_config(module), indent=2) + "\n",
-        "tokenizer.json": hf_tokenizer_json(module.tokenizer),
+        "config.json": json.dumps(marian_config(checkpoint), indent=2) + "\n",
+        "generation_config.json": json.dumps(generation_config(checkpoint), indent=2) + "\n",
+        "tokenizer.json": hf_tokenizer_json(checkpoint.tokenizer),
         "tokenizer_config.json": json.dumps(tok_config, indent=2) + "\n",
         "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
     }
@@ -203,24 +204,6 @@ def export_hf_marian(module, out: str | Path, overwrite: bool = False) -> list[P
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
-    save_file(marian_state_dict(module), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(marian_state_dict(checkpoint), str(out / "model.safetensors"), metadata={"format": "pt"})
     written.append(out / "model.safetensors")
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline export",
-        description="Write a checkpoint in another framework's format. hf-marian: a Hugging Face MarianMTModel "
-                    "directory (post-norm checkpoints only, i.e. trained with --model.pre_norm false).")
-    p.add_argument("--ckpt", required=True, help="checkpoint, e.g. runs/NAME/checkpoints/best.ckpt")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", default="hf-marian", choices=FORMATS, help="export format")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    args = p.parse_args(argv)
-    from pipeline.translator import load_module
-
-    module = load_module(args.ckpt)
-    written = export_hf_marian(module, args.out, args.overwrite)
-    print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
-    print(f"load with: MarianMTModel.from_pretrained({str(args.out)!r}), AutoTokenizer.from_pretrained({str(args.out)!r})")

@@ -19,21 +19,38 @@ from pipeline.tokenizer import PAD
 
 @dataclass
 class TransformerConfig:
-    """Everything that fixes the architecture; saved in every checkpoint."""
+    """Everything that fixes the architecture: the `model:` section of a config, saved in
+    every checkpoint and read back into this class by the one loader (checkpoints.py).
 
-    vocab_size: int = 8000  # joint source/target BPE vocabulary
-    d_model: int = 256  # width of the residual stream
-    n_heads: int = 4  # attention heads; d_model must divide by it
+    Args:
+        vocab_size: joint source/target BPE vocabulary (linked to data.vocab_size by `fit`).
+        d_model: width of the residual stream.
+        n_heads: attention heads; d_model must divide by it.
+        encoder_layers: encoder depth.
+        decoder_layers: decoder depth.
+        d_ff: inner width of the position-wise feed-forward network.
+        dropout: dropout on embeddings and every residual branch.
+        attention_dropout: dropout on attention weights.
+        activation_dropout: dropout inside the feed-forward network.
+        pre_norm: LayerNorm before each sub-layer (False: after it, as in the paper and Marian).
+        tie_embeddings: share source, target and output embeddings.
+        max_positions: longest sequence the positional table covers.
+        fused_attention: use F.scaled_dot_product_attention where the weights are not needed.
+    """
+
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
     encoder_layers: int = 3
     decoder_layers: int = 3
-    d_ff: int = 1024  # inner width of the position-wise feed-forward network
-    dropout: float = 0.1  # on embeddings and every residual branch
-    attention_dropout: float = 0.0  # on attention weights
-    activation_dropout: float = 0.0  # inside the feed-forward network
-    pre_norm: bool = True  # LayerNorm before each sub-layer (False: after, as in the paper)
-    tie_embeddings: bool = True  # share source, target and output embeddings
-    max_positions: int = 1024  # longest sequence the positional table covers
-    fused_attention: bool = True  # F.scaled_dot_product_attention when weights are not needed
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    pre_norm: bool = True
+    tie_embeddings: bool = True
+    max_positions: int = 1024
+    fused_attention: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "max_positions"):

@@ -1,6 +1,7 @@
-"""The LightningModule: loss, optimiser and schedule, validation BLEU, logging.
+"""The LightningModule: loss, optimiser and schedule, validation/test BLEU, logging.
 
-The architecture itself is the plain `Transformer` in model.py; this class only trains it.
+The architecture itself is the plain `Transformer` in model.py, built from the
+`TransformerConfig` it is given; this class only trains and scores it.
 """
 
 from __future__ import annotations
@@ -8,21 +9,55 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import fields
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 
 from pipeline.batching import Batch
-from pipeline.decoding import beam_search, greedy_decode, max_new_tokens
+from pipeline.checkpoints import schema_fields
+from pipeline.decoding import DecodingConfig, generate
 from pipeline.errors import UserError
+from pipeline.loss import token_cross_entropy
 from pipeline.metrics import corpus_scores
 from pipeline.model import Transformer, TransformerConfig
-from pipeline.tokenizer import PAD, decode, load_tokenizer
+from pipeline.tokenizer import EOS, PAD, decode, load_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    """How the model is trained: the `train:` section of a config.
+
+    Args:
+        label_smoothing: probability mass spread uniformly over the vocabulary in the loss.
+        lr: peak learning rate, reached at the end of warm-up.
+        warmup_steps: linear warm-up steps before the inverse-square-root decay.
+        betas: Adam betas.
+        eps: Adam epsilon.
+        weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
+        n_samples: sample translations (source, reference, hypothesis) logged at each validation.
+        compile: torch.compile the model for training.
+    """
+
+    label_smoothing: float = 0.1
+    lr: float = 7e-4
+    warmup_steps: int = 4000
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    n_samples: int = 8
+    compile: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr <= 0 or self.warmup_steps < 1:
+            raise ValueError(f"train.lr must be > 0 and train.warmup_steps >= 1, got {self.lr} and "
+                             f"{self.warmup_steps}")
+        self.betas = tuple(self.betas)
 
 
 def inverse_sqrt_schedule(warmup_steps: int):
@@ -33,56 +68,38 @@ def inverse_sqrt_schedule(warmup_steps: int):
     return factor
 
 
+def merge_eval_outputs(gathered: list[list[tuple]]) -> tuple[float, int, list[tuple[int, str]]]:
+    """Per-rank lists of (nll sum, target tokens, [(row index, hypothesis), ...]) -> the total
+    nll, total tokens and one (index, hypothesis) per row, sorted by index.
+
+    Under DDP a rank may decode a row twice (the sampler pads ranks to equal length), so rows
+    are de-duplicated by index; the losses come from disjoint batches and are summed."""
+    parts = [p for rank_parts in gathered for p in rank_parts]
+    rows = sorted({index: hyp for p in parts for index, hyp in p[2]}.items())
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), rows
+
+
 class TranslationModule(L.LightningModule):
-    """Trains a `Transformer` with label-smoothed cross-entropy.
+    """Trains a `Transformer` with label-smoothed cross-entropy and scores it with sacreBLEU.
 
     Args:
-        vocab_size: joint vocabulary size (linked to data.vocab_size by the CLI).
-        d_model: width of the residual stream.
-        n_heads: attention heads (d_model must divide by it).
-        encoder_layers: encoder depth.
-        decoder_layers: decoder depth.
-        d_ff: feed-forward inner width.
-        dropout: dropout on embeddings and residual branches.
-        attention_dropout: dropout on attention weights.
-        activation_dropout: dropout inside the feed-forward network.
-        pre_norm: LayerNorm before sub-layers (False: after, as in the paper and Marian).
-        tie_embeddings: share source/target embeddings and the output projection.
-        max_positions: longest sequence the positional table covers.
-        fused_attention: use F.scaled_dot_product_attention where weights are not needed.
-        label_smoothing: probability mass spread over the vocabulary in the loss.
-        lr: peak learning rate, reached at the end of warm-up.
-        warmup_steps: linear warm-up steps before inverse-square-root decay.
-        betas: Adam betas.
-        eps: Adam epsilon.
-        weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
-        val_beam: beam size for validation BLEU (1 = greedy).
-        length_penalty: beam score = log p / length^length_penalty.
-        max_len_ratio: decoding stops after max_len_ratio × source length + max_len_extra tokens.
-        max_len_extra: see max_len_ratio.
-        n_samples: sample translations logged each validation.
-        compile: torch.compile the model for training.
+        model: the architecture (TransformerConfig).
+        train: loss, optimiser and schedule (TrainConfig).
+        decoding: how validation and test translate (DecodingConfig); saved for evaluate/translate.
     """
 
-    def __init__(self, vocab_size: int = 8000, d_model: int = 256, n_heads: int = 4, encoder_layers: int = 3,
-                 decoder_layers: int = 3, d_ff: int = 1024, dropout: float = 0.1, attention_dropout: float = 0.0,
-                 activation_dropout: float = 0.0, pre_norm: bool = True, tie_embeddings: bool = True,
-                 max_positions: int = 1024, fused_attention: bool = True, label_smoothing: float = 0.1,
-                 lr: float = 7e-4, warmup_steps: int = 4000, betas: tuple[float, float] = (0.9, 0.98),
-                 eps: float = 1e-9, weight_decay: float = 0.0, val_beam: int = 1, length_penalty: float = 1.0,
-                 max_len_ratio: float = 1.5, max_len_extra: int = 10, n_samples: int = 8, compile: bool = False):
+    def __init__(self, model: TransformerConfig | None = None, train: TrainConfig | None = None,
+                 decoding: DecodingConfig | None = None):
         super().__init__()
-        self.save_hyperparameters()
-        try:
-            self.config = TransformerConfig(**{f.name: self.hparams[f.name] for f in fields(TransformerConfig)})
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if val_beam < 1:
-            raise UserError(f"model.val_beam must be >= 1, got {val_beam}")
+        self.config = model or TransformerConfig()
+        self.train_config = train or TrainConfig()
+        self.decoding = decoding or DecodingConfig()
+        self.save_hyperparameters({"model": asdict(self.config), "train": asdict(self.train_config),
+                                   "decoding": asdict(self.decoding)})
         self.model = Transformer(self.config)
         self.tokenizer = None  # from the datamodule in setup(), or from the checkpoint
         self.languages = None  # (source key, target key), e.g. ("de", "en")
-        self._val = []
+        self._eval = []
         self._t_last = None
         self._rng_states = None  # restored from a checkpoint, applied when training starts
 
@@ -94,12 +111,11 @@ class TranslationModule(L.LightningModule):
         if self.tokenizer is not None and self.tokenizer.get_vocab_size() > self.config.vocab_size:
             raise UserError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but model.vocab_size is "
                             f"{self.config.vocab_size}: use a tokenizer trained with data.vocab_size <= it")
-        if self.hparams.compile and stage == "fit":
+        if self.train_config.compile and stage == "fit":
             self.model.compile()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer"] = self.tokenizer.to_str()
-        checkpoint["languages"] = self.languages
+        checkpoint.update(schema_fields(self.tokenizer, self.languages))
         # Lightning does not save random states; dropout after a resume must match the
         # uninterrupted run, so they travel with the checkpoint.
         # Stored as tensors and plain tuples so the checkpoint loads with weights_only=True.
@@ -124,18 +140,18 @@ class TranslationModule(L.LightningModule):
             self._rng_states = None
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, batch: Batch, label_smoothing: float) -> torch.Tensor:
-        """Mean cross-entropy per real target token (padding ignored)."""
-        logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD,
-                               label_smoothing=label_smoothing)
+    def loss(self, batch: Batch, label_smoothing: float | None = None) -> torch.Tensor:
+        """Mean label-smoothed cross-entropy per real target token (padding ignored);
+        label_smoothing defaults to train.label_smoothing."""
+        smoothing = self.train_config.label_smoothing if label_smoothing is None else label_smoothing
+        return token_cross_entropy(self.model(batch.src, batch.tgt_in), batch.tgt_out, smoothing)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch, self.hparams.label_smoothing)
+        loss = self.loss(batch)
         if not torch.isfinite(loss):
             last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
             raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: training stopped; last "
-                                     f"good checkpoint: {last} (lower model.lr or raise model.warmup_steps)")
+                                     f"good checkpoint: {last} (lower train.lr or raise train.warmup_steps)")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.src.size(0))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch.src.size(0))
         now = time.perf_counter()
@@ -150,46 +166,54 @@ class TranslationModule(L.LightningModule):
         self.log("train/grad_norm", torch.stack(norms).norm(), batch_size=1)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                                      weight_decay=hp.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(hp.warmup_steps))
+        tc = self.train_config
+        optimizer = torch.optim.AdamW(self.parameters(), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps,
+                                      weight_decay=tc.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(tc.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    # -- decoding and validation -------------------------------------------------------------
-    def generate(self, src: torch.Tensor, beam: int = 1) -> torch.Tensor:
-        """(B, S) source ids -> (B, T) hypothesis ids (greedy when beam == 1)."""
-        max_len = max_new_tokens(src, self.hparams.max_len_ratio, self.hparams.max_len_extra).clamp(
-            max=self.config.max_positions - 1)
-        if beam == 1:
-            return greedy_decode(self.model, src, max_len)
-        return beam_search(self.model, src, beam, max_len, self.hparams.length_penalty)[0][:, 0]
+    # -- validation and test: the same scoring as `evaluate` ------------------------------------
+    def eval_step(self, batch: Batch) -> None:
+        """Teacher-forced loss and a translation of every row (empty sources translate to "")."""
+        nll = token_cross_entropy(self.model(batch.src, batch.tgt_in), batch.tgt_out, reduction="sum")
+        tokens = generate(self.model, batch.src, self.decoding).tokens[:, 0]
+        hyps = decode(self.tokenizer, tokens.tolist())
+        empty = (batch.src[:, 0] == EOS).tolist()
+        hyps = ["" if e else h for h, e in zip(hyps, empty)]
+        self._eval.append((float(nll), batch.n_tokens, list(zip(batch.index.tolist(), hyps))))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        logits = self.model(batch.src, batch.tgt_in)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD,
-                              reduction="sum")
-        hyps = decode(self.tokenizer, self.generate(batch.src, self.hparams.val_beam).tolist())
-        refs = decode(self.tokenizer, batch.tgt_out.tolist())
-        srcs = decode(self.tokenizer, batch.src.tolist())
-        self._val.append((float(nll), batch.n_tokens, list(zip(batch.index.tolist(), srcs, refs, hyps))))
+        self.eval_step(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        gathered = [self._val]
+        self.eval_epoch_end("val", "validation")
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_epoch_end("test", "test")
+
+    def eval_epoch_end(self, prefix: str, split: str) -> None:
+        """Gather every rank's rows, score the hypotheses against the raw reference strings of
+        the split (as `evaluate` does), log {prefix}/loss, ppl, bleu, chrf."""
+        gathered = [self._eval]
         if dist.is_available() and dist.is_initialized():
             gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, self._val)
-        self._val = []
-        parts = [p for rank_parts in gathered for p in rank_parts]
-        nll, n_tokens = sum(p[0] for p in parts), sum(p[1] for p in parts)
-        rows = sorted({r[0]: r for p in parts for r in p[2]}.values())  # one row per sentence
-        scores = corpus_scores([r[3] for r in rows], [r[2] for r in rows])
+            dist.all_gather_object(gathered, self._eval)
+        self._eval = []
+        nll, n_tokens, rows = merge_eval_outputs(gathered)
+        sources, references = self.trainer.datamodule.texts(split)
+        hyps = [hyp for _, hyp in rows]
+        refs = [references[index] for index, _ in rows]
+        scores = corpus_scores(hyps, refs)
         loss = nll / max(n_tokens, 1)
-        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0)), "val/bleu": scores["bleu"],
-                   "val/chrf": scores["chrf"]}
+        metrics = {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 50.0)),
+                   f"{prefix}/bleu": scores["bleu"], f"{prefix}/chrf": scores["chrf"]}
         self.log_dict(metrics, prog_bar=True, sync_dist=False)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            samples = [list(r[1:]) for r in rows[: self.hparams.n_samples]]
+        self.last_scores = {**metrics, "signature": scores["bleu_signature"], "n": len(rows)}
+        if prefix == "val" and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            samples = [[sources[i], references[i], hyp] for i, hyp in rows[: self.train_config.n_samples]]
             for logger in self.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_table("val/samples", columns=["source", "reference", "hypothesis"], data=samples,

@@ -1,6 +1,9 @@
-"""Joint BPE tokenizer (Hugging Face `tokenizers`), lossless on any Unicode text.
+"""Joint BPE tokenizer (Hugging Face `tokenizers`), lossless on any NFC Unicode text.
 
-Special ids are fixed so that the model, the batches and the decoders agree without
+Text is normalized to NFC only: canonical composition, which changes no character a reader
+sees. NFKC (used before) folded compatibility characters — Hangul compatibility jamo "ㅋㅋ"
+into conjoining jamo, "…" into "...", a no-break space into a space — so decoded text
+differed from the input. Special ids are fixed so that the model, the batches and the decoders agree without
 passing them around: <pad>=0, <s>=1 (BOS), </s>=2 (EOS), <unk>=3. Byte fallback makes
 unseen characters (rare Hangul syllables, emoji) decode back exactly instead of to <unk>.
 """
@@ -13,6 +16,9 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
+# Longest source (tokens, EOS included) that translation reads; longer inputs are cut here,
+# with a warning, wherever a source is encoded (translator, validation, attention maps).
+MAX_SOURCE_TOKENS = 256
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
@@ -20,7 +26,7 @@ BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a BPE tokenizer on `texts` (source and target sentences together)."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
     trainer = trainers.BpeTrainer(
@@ -56,14 +62,28 @@ def load_tokenizer(json_str: str) -> Tokenizer:
 
 
 def normalize(tokenizer: Tokenizer, text: str) -> str:
-    """The text as the tokenizer sees it (NFKC, outer whitespace stripped): the round trip
-    decode(encode(x)) == normalize(x) holds for any x."""
+    """The text as the tokenizer sees it (its normalizer, NFC for tokenizers trained here, and
+    outer whitespace stripped): the round trip decode(encode(x)) == normalize(x) holds for any x."""
     return tokenizer.normalizer.normalize_str(text.strip())
 
 
 def encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids without BOS/EOS; the batch collator adds them where each side needs them."""
     return [e.ids for e in tokenizer.encode_batch([t.strip() for t in texts], add_special_tokens=False)]
+
+
+def encode_sources(tokenizer: Tokenizer, texts: list[str], max_tokens: int = MAX_SOURCE_TOKENS
+                   ) -> tuple[list[list[int]], int]:
+    """Source ids with EOS appended, each cut to at most `max_tokens` (EOS included).
+
+    Returns the id lists and how many texts were cut."""
+    cut = 0
+    out = []
+    for ids in encode(tokenizer, texts):
+        if len(ids) >= max_tokens:
+            cut, ids = cut + 1, ids[: max_tokens - 1]
+        out.append(ids + [EOS])
+    return out, cut
 
 
 def decode(tokenizer: Tokenizer, ids: list[list[int]]) -> list[str]:

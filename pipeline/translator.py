@@ -1,82 +1,101 @@
-"""A trained checkpoint as a sentence-in, sentence-out translator (used by the CLI)."""
+"""A trained checkpoint as a sentence-in, sentence-out translator: the Python API.
+
+    from pipeline import Translator
+    translator = Translator.from_checkpoint("runs/multi30k/checkpoints/best.ckpt", beam=4)
+    translator.translate(["Ein Hund rennt durch den Schnee."])   # ['A dog runs through the snow.']
+    translator.nbest("Ein Hund rennt durch den Schnee.", k=4)     # [(text, score), ...] best first
+
+`evaluate` and `translate` on the command line go through this class.
+"""
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pipeline.batching import pad
-from pipeline.decoding import beam_search, max_new_tokens
+from pipeline.checkpoints import Checkpoint, load_checkpoint
+from pipeline.decoding import generate
 from pipeline.errors import UserError
-from pipeline.module import TranslationModule
-from pipeline.tokenizer import EOS, decode, encode
-
-
-def load_module(ckpt: str, map_location: str = "cpu") -> TranslationModule:
-    """Load a self-contained checkpoint (weights, model config, tokenizer) or fail clearly."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {ckpt} (train one with `make train`; runs write "
-                        "runs/<name>/checkpoints/best.ckpt and last.ckpt)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = TranslationModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"{ckpt} is not a readable checkpoint of this project (truncated, corrupt or foreign: "
-                        f"{type(e).__name__}); use another .ckpt from runs/<name>/checkpoints/") from None
-    if module.tokenizer is None:
-        raise UserError(f"{ckpt} holds no tokenizer: it was not written by `python -m pipeline fit`")
-    return module.eval()
+from pipeline.tokenizer import MAX_SOURCE_TOKENS, decode, encode_sources
 
 
 class Translator:
-    """Translate lists of sentences with a loaded module, in length-sorted batches.
+    """Translate lists of sentences with a loaded checkpoint, in length-sorted batches.
 
-    Sources longer than the model allows are truncated with a warning (max_src_tokens);
-    empty or whitespace-only lines translate to empty lines.
+    Sources longer than the model allows are cut (counted in `truncated`); empty or
+    whitespace-only lines translate to empty lines.
+
+    Args:
+        checkpoint: a loaded checkpoint (`load_checkpoint`).
+        beam: beam size (1 = greedy); None takes the run's decoding.beam.
+        length_penalty: beam score = log p / length^length_penalty; None takes the run's.
+        max_tokens: source tokens per batch (sentences × longest).
+        batch_size: sentences per batch.
     """
 
-    def __init__(self, module: TranslationModule, beam: int = 1, max_tokens: int = 8192, batch_size: int = 128,
-                 max_src_tokens: int = 256):
-        for name, value in (("--beam", beam), ("--max-tokens", max_tokens), ("--batch-size", batch_size)):
+    def __init__(self, checkpoint: Checkpoint, beam: int | None = None, length_penalty: float | None = None,
+                 max_tokens: int = 8192, batch_size: int = 128):
+        beam = checkpoint.decoding.beam if beam is None else beam
+        for name, value in (("beam", beam), ("max_tokens", max_tokens), ("batch_size", batch_size)):
             if value < 1:
-                raise UserError(f"{name} must be >= 1, got {value}")
-        self.module, self.beam, self.max_tokens, self.batch_size = module, beam, max_tokens, batch_size
-        self.max_src_tokens = min(max_src_tokens, module.config.max_positions // 2)
+                raise UserError(f"--{name} must be >= 1, got {value}")
+        self.checkpoint = checkpoint
+        self.decoding = replace(checkpoint.decoding, beam=beam,
+                                **({} if length_penalty is None else {"length_penalty": length_penalty}))
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.max_src_tokens = min(MAX_SOURCE_TOKENS, checkpoint.config.max_positions)
         self.truncated = 0
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, beam: int | None = None, device: str = "auto",
+                        **kwargs) -> "Translator":
+        """Load a checkpoint file (device "auto": CUDA when available) and wrap it."""
+        return cls(load_checkpoint(path, device), beam=beam, **kwargs)
+
+    @property
+    def model(self):
+        return self.checkpoint.model
+
+    @property
+    def tokenizer(self):
+        return self.checkpoint.tokenizer
+
+    @property
+    def languages(self) -> tuple[str, str]:
+        return self.checkpoint.languages
 
     @property
     def device(self) -> torch.device:
-        return next(self.module.parameters()).device
+        return next(self.model.parameters()).device
 
-    def source_ids(self, sentence: str) -> list[int]:
-        """Token ids + EOS, truncated (and counted) if longer than max_src_tokens."""
-        ids = encode(self.module.tokenizer, [sentence])[0]
-        if len(ids) >= self.max_src_tokens:
-            self.truncated += 1
-            ids = ids[: self.max_src_tokens - 1]
-        return ids + [EOS]
+    def source_ids(self, sentences: list[str]) -> list[list[int]]:
+        """Token ids + EOS of each sentence, cut (and counted) if longer than max_src_tokens."""
+        ids, cut = encode_sources(self.tokenizer, sentences, self.max_src_tokens)
+        self.truncated += cut
+        return ids
 
     @torch.inference_mode()
-    def nbest(self, sentence: str) -> list[tuple[str, float]]:
-        """The beam's finished hypotheses for one sentence, best first, with their scores
-        (log-probability / length^length_penalty)."""
-        src = pad([self.source_ids(sentence)]).to(self.device)
-        hp = self.module.hparams
-        tokens, scores = beam_search(self.module.model, src, self.beam,
-                                     max_new_tokens(src, hp.max_len_ratio, hp.max_len_extra), hp.length_penalty)
-        return list(zip(decode(self.module.tokenizer, tokens[0].tolist()), scores[0].tolist()))
+    def nbest(self, sentence: str, k: int | None = None) -> list[tuple[str, float]]:
+        """The k best beam hypotheses for one sentence (k defaults to the beam size; the beam
+        widens to k if needed), best first, with their scores (log p / length^length_penalty)."""
+        k = self.decoding.beam if k is None else k
+        if k < 1:
+            raise UserError(f"nbest k must be >= 1, got {k}")
+        if not sentence.strip():
+            return [("", 0.0)]
+        src = pad(self.source_ids([sentence])).to(self.device)
+        out = generate(self.model, src, self.decoding, beam=max(k, self.decoding.beam), nbest=k, return_scores=True)
+        return list(zip(decode(self.tokenizer, out.tokens[0].tolist()), out.scores[0].tolist()))
 
     @torch.inference_mode()
     def translate(self, sentences: list[str]) -> list[str]:
+        """One translation per sentence, in order."""
         out = [""] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
-        ids = {i: self.source_ids(sentences[i]) for i in todo}
+        ids = dict(zip(todo, self.source_ids([sentences[i] for i in todo])))
         todo.sort(key=lambda i: len(ids[i]))
         start = 0
         while start < len(todo):
@@ -87,7 +106,7 @@ class Translator:
                 end += 1
             chunk = todo[start:end]
             src = pad([ids[i] for i in chunk]).to(self.device)
-            hyps = decode(self.module.tokenizer, self.module.generate(src, self.beam).tolist())
+            hyps = decode(self.tokenizer, generate(self.model, src, self.decoding).tokens[:, 0].tolist())
             for i, h in zip(chunk, hyps):
                 out[i] = h
             start = end

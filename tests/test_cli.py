@@ -1,10 +1,13 @@
-"""The command contract end to end: fit -> evaluate -> translate, and clear errors for bad input."""
+"""The command contract end to end: fit -> test -> evaluate -> translate, one command table for
+dispatch and help, old spellings still accepted, and clear errors for bad input."""
 
 import json
 
 import pytest
 import torch
-from cli_utils import DATA, run_cli, smoke_fit
+from helpers import DATA, run_cli, smoke_fit
+
+from pipeline.cli import COMMANDS
 
 MULTI30K = DATA / "multi30k"
 
@@ -12,7 +15,8 @@ MULTI30K = DATA / "multi30k"
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    proc = smoke_fit(root, "--trainer.max_epochs", "1", "--data.train_limit", "1000", "--data.val_limit", "50")
+    proc = smoke_fit(root, "--trainer.max_epochs", "2", "--data.train_limit", "1000", "--data.val_limit", "50",
+                     "--checkpoint.keep_epochs", "2", final=True)
     return root / "smoke", proc
 
 
@@ -33,15 +37,38 @@ def test_fit_writes_self_contained_run_directory(smoke_run):
         assert (run / name).is_file(), name
     ckpt = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
     assert json.loads(ckpt["tokenizer"]) == json.loads((run / "tokenizer.json").read_text(encoding="utf-8"))
-    assert ckpt["hyper_parameters"]["d_model"] == 64 and tuple(ckpt["languages"]) == ("de", "en")
+    assert ckpt["hyper_parameters"]["model"]["d_model"] == 64 and tuple(ckpt["languages"]) == ("de", "en")
     assert any(state.get("monitor") == "val/bleu" for state in ckpt["callbacks"].values())
+
+
+def test_fit_ends_with_results_chosen_on_validation(smoke_run, tmp_path):
+    run, proc = smoke_run
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["candidates"]) == {"best", "average of the last 2 epochs"}
+    assert results["chosen_from"] in results["candidates"]
+    assert [(g["beam"], g["length_penalty"]) for g in results["grid"]] == [(1, 1.0), (2, 1.0)]
+    chosen = max(results["grid"], key=lambda g: g["bleu"])
+    assert (results["beam"], results["validation"]["bleu"]) == (chosen["beam"], chosen["bleu"])
+    assert results["epochs"] == 2 and results["wall_time_s"] > 0 and results["command"].startswith("python -m")
+    final_line = [line for line in proc.stdout.splitlines() if line.startswith("final: test BLEU")]
+    assert len(final_line) == 1 and str(run / "results.json") in final_line[0]
+    assert not list((run / "checkpoints").glob("avg-last*.ckpt"))  # candidates that lost are removed
+    # The final checkpoint is self-contained: evaluate with its own decoding reproduces the test figure.
+    run_cli("evaluate", "--ckpt", results["checkpoint"], "--data", MULTI30K, "--split", "test", "--out", tmp_path / "e")
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["beam"] == results["beam"] and metrics["bleu"] == results["test"]["bleu"]
+    assert metrics["chrf"] == results["test"]["chrf"]
+    # `finalize` reruns the same choice from the run directory alone.
+    again = run_cli("finalize", "--run", run)
+    assert json.loads((run / "results.json").read_text())["test"] == results["test"]
+    assert "final: test BLEU" in again.stdout
 
 
 def test_evaluate_writes_metrics_and_hypotheses(smoke_run, tmp_path):
     run, _ = smoke_run
     out = tmp_path / "eval"
     proc = run_cli("evaluate", "--ckpt", run / "checkpoints/best.ckpt", "--data", MULTI30K, "--split", "test",
-                   "--out", out, "--beam", "2", "--batch-size", "64")
+                   "--out", out, "--beam", "2", "--batch_size", "64")
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"bleu", "chrf", "signature", "n", "data", "split", "src_lang", "tgt_lang", "beam"} <= set(metrics)
     assert metrics["n"] == 1000 and metrics["split"] == "test" and metrics["beam"] == 2
@@ -152,7 +179,7 @@ def test_every_config_parses(config, tmp_path):
 
 def test_translate_show_beams_lists_scored_hypotheses_best_first(smoke_run):
     run, _ = smoke_run
-    proc = run_cli("translate", "--ckpt", run / "checkpoints/best.ckpt", "--beam", "3", "--show-beams",
+    proc = run_cli("translate", "--ckpt", run / "checkpoints/best.ckpt", "--beam", "3", "--show_beams",
                    "--text", "Ein Mann fährt Fahrrad.")
     rows = [line.split("\t") for line in proc.stdout.splitlines() if line]
     assert len(rows) == 3
@@ -161,3 +188,57 @@ def test_translate_show_beams_lists_scored_hypotheses_best_first(smoke_run):
     best = run_cli("translate", "--ckpt", run / "checkpoints/best.ckpt", "--beam", "3", "--text",
                    "Ein Mann fährt Fahrrad.")
     assert best.stdout.splitlines() == [rows[0][1]]
+
+
+def test_help_lists_every_command_from_the_table():
+    out = run_cli("--help").stdout
+    for name, command in COMMANDS.items():
+        assert f"  {name}" in out and command.summary in out
+    for name in COMMANDS:
+        proc = run_cli(name, "--help")
+        assert "usage:" in proc.stdout and proc.returncode == 0, name
+    assert "--length_penalty" in run_cli("evaluate", "--help").stdout
+    assert "--run.name" in run_cli("fit", "--help").stdout  # the typed RunConfig group
+
+
+@pytest.mark.parametrize("typo, suggestion", [("evalute", "evaluate"), ("predict", None)])
+def test_unknown_command_lists_all_commands(typo, suggestion):
+    proc = run_cli(typo, check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, f"unknown command '{typo}'", ", ".join(COMMANDS))
+    if suggestion:
+        assert f"did you mean '{suggestion}'" in proc.stderr
+
+
+def test_test_command_scores_like_evaluate(smoke_run, tmp_path):
+    """`python -m pipeline test` prints test BLEU, scored as `evaluate` scores the same split."""
+    run, _ = smoke_run
+    ckpt = run / "checkpoints/best.ckpt"
+    proc = run_cli("test", "--config", "configs/smoke.yaml", "--run.root", run.parent, "--ckpt_path", ckpt,
+                   "--trainer.enable_progress_bar", "false")
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("test BLEU"))
+    run_cli("evaluate", "--ckpt", ckpt, "--data", MULTI30K, "--split", "test", "--out", tmp_path / "e")
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert f"test BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  on 1000 sentences" in line
+    best = run_cli("validate", "--config", "configs/smoke.yaml", "--run.root", run.parent, "--ckpt_path", "best",
+                   "--data.val_limit", "50", "--trainer.enable_progress_bar", "false")
+    assert "validation BLEU" in best.stdout and "on 50 sentences" in best.stdout
+
+
+def test_deprecated_spellings_still_work(smoke_run, tmp_path):
+    run, _ = smoke_run
+    proc = run_cli("translate", "--ckpt", run / "checkpoints/best.ckpt", "--batch-size", "4", "--text", "Hallo")
+    assert "deprecated: --batch-size is now spelled --batch_size" in proc.stderr and proc.stdout.strip()
+    # A config in the old layout (training settings under model:) and an old flag.
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  d_model: 32\n  n_heads: 2\n  lr: 0.002\n  val_beam: 2\n", encoding="utf-8")
+    proc = run_cli("fit", "--config", "configs/smoke.yaml", "--config", old, "--model.warmup_steps", "7",
+                   "--run.root", tmp_path, "--print_config")
+    assert "--model.warmup_steps is now spelled --train.warmup_steps" in proc.stderr
+    assert "old.yaml keeps training settings under model:" in proc.stderr
+    import yaml
+
+    config = yaml.safe_load(proc.stdout)
+    assert config["model"]["d_model"] == 32 and "lr" not in config["model"]
+    assert config["train"]["lr"] == 0.002 and config["train"]["warmup_steps"] == 7
+    assert config["decoding"]["beam"] == 2

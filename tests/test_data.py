@@ -139,9 +139,9 @@ def make_dm(path, tmp_path, **kwargs):
     return TranslationDataModule(path=str(path), **args)
 
 
-def test_datamodule_drops_empty_and_long_pairs(tiny_jsonl, tmp_path, messages):
+def test_datamodule_drops_empty_and_long_training_pairs_only(tiny_jsonl, tmp_path, messages):
     rows = jsonl_rows(tiny_jsonl)
-    dm = make_dm(tiny_jsonl, tmp_path)
+    dm = make_dm(tiny_jsonl, tmp_path, validation_path=str(tiny_jsonl))
     dm.setup("fit")
     tok = dm.tokenizer
     empty = [i for i, r in enumerate(rows) if not (r["de"] or "").strip() or not (r["en"] or "").strip()]
@@ -149,15 +149,38 @@ def test_datamodule_drops_empty_and_long_pairs(tiny_jsonl, tmp_path, messages):
                 and max(len(tok.encode(r["de"].strip()).ids), len(tok.encode(r["en"].strip()).ids)) > 31]
     kept = [i for i in range(len(rows)) if i not in empty + too_long]
     assert empty and too_long and kept, "the fixture needs all three kinds of rows"
-    for split in ("train", "validation"):  # a .jsonl path serves both
-        ds = dm.splits[split]
-        assert ds["index"] == kept
-        assert all(len(s) <= 31 and len(t) <= 31 for s, t in zip(ds["src_ids"], ds["tgt_ids"]))
-        assert decode(tok, ds["src_ids"]) == [normalize(tok, rows[i]["de"]) for i in kept]
-        assert decode(tok, ds["tgt_ids"]) == [normalize(tok, rows[i]["en"]) for i in kept]
+    train = dm.splits["train"]
+    assert train["index"] == kept
+    assert all(len(s) <= 31 and len(t) <= 31 for s, t in zip(train["src_ids"], train["tgt_ids"]))
+    assert decode(tok, train["src_ids"]) == [normalize(tok, rows[i]["de"]) for i in kept]
+    assert decode(tok, train["tgt_ids"]) == [normalize(tok, rows[i]["en"]) for i in kept]
+    # Validation keeps every pair, as `evaluate` does, and scores against the raw strings.
+    val = dm.splits["validation"]
+    assert sorted(val["index"]) == list(range(len(rows)))
+    sources, references = dm.texts("validation")
+    assert references == [r["en"] or "" for r in rows] and sources == [r["de"] or "" for r in rows]
     report = [m for m in messages if m.startswith("train:")]
-    assert report == [f"train: {len(kept)} of {len(rows)} pairs kept ({len(empty)} empty, "
-                      f"{len(too_long)} longer than 32 tokens dropped)"]
+    assert len(report) == 1 and report[0].startswith(
+        f"train: {len(kept)} of {len(rows)} pairs kept ({len(empty)} empty, {len(too_long)} longer than 32 tokens "
+        "dropped)")
+
+
+def test_single_file_holds_out_a_seeded_validation_slice(multi30k_dir, tmp_path, messages):
+    """With one .jsonl file and no validation_path, checkpoints must not be chosen on training data."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join((multi30k_dir / "train.jsonl").open(encoding="utf-8").readlines()[:200]),
+                    encoding="utf-8")
+    first, second = (make_dm(path, tmp_path / name, vocab_size=300, max_len=64) for name in ("a", "b"))
+    first.setup("fit")
+    second.setup("fit")
+    val_sources, _ = first.texts("validation")
+    assert len(val_sources) == 10  # 5% of 200
+    train_sources = set(first.load("train")["src"])
+    assert len(train_sources) == 190 and not train_sources & set(val_sources)
+    assert second.texts("validation") == first.texts("validation")  # seeded: the same slice every time
+    assert any("held-out slice" in m for m in messages if m.startswith("validation:"))
+    with pytest.raises(UserError, match="--data.test_path"):
+        first.load("test")
 
 
 def test_datamodule_loaders(tiny_jsonl, tmp_path, messages):

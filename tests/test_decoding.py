@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_model
+from helpers import make_model
 from pipeline.attention import KVCache, padding_mask
-from pipeline.decoding import beam_search, greedy_decode, length_penalty, max_new_tokens
+from pipeline.decoding import (DecodingConfig, beam_search, generate, greedy_decode, length_penalty,
+                               max_new_tokens)
 from pipeline.tokenizer import BOS, EOS, PAD, UNK
 
 A, B = 4, 5  # the stub's two word tokens
@@ -298,3 +299,35 @@ def test_length_penalty():
     torch.testing.assert_close(length_penalty(lengths, 0.0), torch.ones(3))
     torch.testing.assert_close(length_penalty(lengths, 1.0), lengths.float())
     torch.testing.assert_close(length_penalty(lengths, 0.5), torch.tensor([1.0, 2.0, 3.0]))
+
+
+# --- generate(): the one entry point -------------------------------------------------------
+
+def test_generate_picks_greedy_or_beam_and_returns_one_shape():
+    model, src = biased_model(), sources()
+    config = DecodingConfig(max_len_ratio=1.0, max_len_extra=3)
+    limit = max_new_tokens(src, 1.0, 3)
+    greedy = generate(model, src, config)
+    assert greedy.scores is None and greedy.tokens.shape[:2] == (src.size(0), 1)
+    assert torch.equal(greedy.tokens[:, 0], greedy_decode(model, src, limit))
+    scored = generate(model, src, config, return_scores=True)  # beam 1 with scores: the same tokens
+    assert torch.equal(scored.tokens[:, 0, : greedy.tokens.size(2)], greedy.tokens[:, 0])
+    beam = generate(model, src, config, beam=3, nbest=2)
+    tokens, scores = beam_search(model, src, 3, limit, config.length_penalty)
+    assert torch.equal(beam.tokens, tokens[:, :2]) and torch.equal(beam.scores, scores[:, :2])
+    assert torch.equal(generate(model, src, DecodingConfig(beam=3, max_len_ratio=1.0, max_len_extra=3)).tokens,
+                       tokens[:, :1])
+
+
+def test_generate_never_runs_past_the_positional_table():
+    model = biased_model(max_positions=8, eos_bias=-50.0)  # never ends on its own
+    src = sources()[:, :6]
+    for beam in (1, 2):
+        out = generate(model, src, DecodingConfig(beam=beam, max_len_ratio=10.0, max_len_extra=50))
+        assert out.tokens.size(-1) == 7  # max_positions - 1 new tokens (BOS takes the first position)
+
+
+@pytest.mark.parametrize("beam, nbest", [(0, 1), (2, 3), (2, 0)])
+def test_generate_rejects_impossible_requests(beam, nbest):
+    with pytest.raises(ValueError, match="nbest"):
+        generate(biased_model(), sources(), DecodingConfig(), beam=beam, nbest=nbest)

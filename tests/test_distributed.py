@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from cli_utils import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

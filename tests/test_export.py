@@ -11,10 +11,10 @@ from pipeline.batching import pad
 from pipeline.cli import main as cli_main
 from pipeline.decoding import greedy_decode, max_new_tokens
 from pipeline.tokenizer import BOS, EOS, PAD, decode, encode
-from pipeline.translator import load_module
+from pipeline.checkpoints import load_checkpoint
 
 import transformers  # the reference implementation (dev extra)
-from conftest import tiny_checkpoint
+from helpers import tiny_checkpoint
 
 
 
@@ -24,7 +24,7 @@ def test_marian_export_translates_like_ours(tmp_path, tie):
     pairs = tiny_checkpoint(ckpt, pre_norm=False, tie_embeddings=tie, attention_dropout=0.1, dropout=0.1)
     out = tmp_path / "marian"
     cli_main(["export", "--ckpt", str(ckpt), "--out", str(out), "--format", "hf-marian"])
-    ours = load_module(str(ckpt))
+    ours = load_checkpoint(ckpt)
 
     hf = transformers.MarianMTModel.from_pretrained(out).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
@@ -53,7 +53,7 @@ def test_marian_export_translates_like_ours(tmp_path, tie):
     torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
 
     # Greedy decoding, token for token.
-    limit = int(max_new_tokens(src, ours.hparams.max_len_ratio, ours.hparams.max_len_extra).max())
+    limit = int(max_new_tokens(src, ours.decoding.max_len_ratio, ours.decoding.max_len_extra).max())
     mine = greedy_decode(ours.model, src, limit).tolist()
     theirs = hf.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=limit).tolist()
 

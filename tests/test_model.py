@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_model, tiny_config
+from helpers import make_model, tiny_config
 from pipeline.batching import pad
 from pipeline.decoding import greedy_decode
 from pipeline.model import Transformer, TransformerConfig, sinusoidal_positions

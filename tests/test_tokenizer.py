@@ -7,7 +7,7 @@ import json
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from conftest import read_jsonl
+from helpers import read_jsonl
 from pipeline.tokenizer import (BOS, EOS, PAD, SPECIAL_TOKENS, UNK, decode, encode, load_tokenizer, normalize,
                                 train_tokenizer)
 
@@ -60,10 +60,20 @@ def test_round_trip_keeps_inner_whitespace(tokenizer):
     assert decode(tokenizer, encode(tokenizer, [text])) == [text]
 
 
-def test_round_trip_is_up_to_normalization(tokenizer):
-    text = "  ＡＢＣ ﬁsh ①  "  # NFKC folds full-width letters, ligatures and circled digits; outer blanks go
-    assert normalize(tokenizer, text) == "ABC fish 1"
-    assert decode(tokenizer, encode(tokenizer, [text])) == ["ABC fish 1"]
+@pytest.mark.parametrize("text", [
+    "ㅋㅋ 진짜요",  # Hangul compatibility jamo (NFKC would turn them into conjoining jamo)
+    "Warte…",  # one ellipsis character (NFKC: three full stops)
+    "100\u00a0km",  # a no-break space (NFKC: a plain space)
+    "ＡＢＣ ﬁsh ①",  # full-width letters, a ligature, a circled digit
+])
+def test_round_trip_keeps_compatibility_characters(tokenizer, text):
+    assert decode(tokenizer, encode(tokenizer, [text])) == [text]
+
+
+def test_round_trip_is_up_to_nfc_and_outer_blanks(tokenizer):
+    decomposed = "  Cafe\u0301 "  # e + combining acute: NFC composes it into one "é"
+    assert normalize(tokenizer, decomposed) == "Café"
+    assert decode(tokenizer, encode(tokenizer, [decomposed])) == ["Café"]
 
 
 def test_literal_special_token_text_is_plain_text(tokenizer):

@@ -1,0 +1,101 @@
+"""Training-time callbacks: a progress line per validation, attention images in W&B."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import lightning as L
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.tokenizer import PAD, decode
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(seconds, 0))))
+
+
+class ProgressLog(L.Callback):
+    """One plain line per validation on stdout, terminal or not, so `tail -f train.log` shows
+    where a run stands:
+
+        epoch 3 step 748 | train loss 3.210 | val loss 2.905 | val BLEU 20.39 | 5,120 tok/s |
+        elapsed 0:10:31 | remaining ~1:35:12
+    The remaining time is the sooner of trainer.max_time and max_epochs at the mean epoch time.
+    """
+
+    def __init__(self):
+        self.start = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.start is None:
+            return
+        metrics = trainer.callback_metrics
+        value = lambda key: float(metrics[key]) if key in metrics else float("nan")  # noqa: E731
+        elapsed = time.monotonic() - self.start
+        epochs_done = trainer.current_epoch + (1 if trainer.fit_loop.epoch_loop.done else 0)
+        left = []
+        if trainer.max_epochs and trainer.max_epochs > 0 and epochs_done:
+            left.append(elapsed / epochs_done * (trainer.max_epochs - epochs_done))
+        timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
+        if timer is not None and timer._duration is not None:
+            left.append(timer._duration - timer.time_elapsed("train"))
+        line = (f"epoch {trainer.current_epoch} step {trainer.global_step} | train loss {value('train/loss'):.3f} | "
+                f"val loss {value('val/loss'):.3f} | val BLEU {value('val/bleu'):.2f} | "
+                f"{value('train/tokens_per_sec'):,.0f} tok/s | elapsed {_clock(elapsed)}")
+        if left:
+            line += f" | remaining ~{_clock(min(left))}"
+        print(line, flush=True)
+
+
+class AttentionImageCallback(L.Callback):
+    """After each validation (rank zero, not the sanity check), translate `text` greedily,
+    draw the head-averaged cross-attention of every decoder layer and log the image to each
+    WandbLogger under `key` (one panel per layer; the caption is the translation).
+
+    Args:
+        text: source sentence to watch; None takes a median-length source sentence of the
+            first validation batch (so any dataset works without configuration).
+        key: W&B media key.
+        every_n_validations: log on every n-th validation only.
+    """
+
+    def __init__(self, text: str | None = None, key: str = "val/attention", every_n_validations: int = 1):
+        if every_n_validations < 1:
+            raise UserError(f"every_n_validations must be >= 1, got {every_n_validations}")
+        self.text, self.key, self.every = text, key, every_n_validations
+        self._count = 0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.text is None and batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking \
+                and pl_module.tokenizer is not None and hasattr(batch, "src"):
+            lengths = (batch.src != PAD).sum(1)
+            row = batch.src[int(lengths.argsort()[len(lengths) // 2])].tolist()
+            self.text = decode(pl_module.tokenizer, [row])[0] or None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._count += 1
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or self.text is None or pl_module.tokenizer is None or (self._count - 1) % self.every:
+            return
+        image, caption = self.render(pl_module)
+        for logger in loggers:
+            logger.log_image(key=self.key, images=[image], caption=[caption], step=trainer.global_step)
+
+    def render(self, pl_module) -> tuple[np.ndarray, str]:
+        """(H, W, 3) image of the head-averaged cross-attention per decoder layer, caption."""
+        from pipeline.attention_maps import compute_attention
+        from pipeline.plotting import figure_to_array, layers_figure, plot_style
+
+        maps = compute_attention(pl_module.model, pl_module.tokenizer, self.text, decoding=pl_module.decoding)
+        with plot_style():
+            array = figure_to_array(layers_figure(maps, "cross"))
+        return array, f"{maps.source} → {maps.target}"

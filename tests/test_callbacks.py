@@ -1,0 +1,80 @@
+"""Training-time callbacks: the W&B attention image and the per-validation progress line."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from helpers import SEED
+from pipeline.batching import collate
+from pipeline.callbacks import AttentionImageCallback, ProgressLog
+from pipeline.tokenizer import encode
+
+
+class RecordingLogger:
+    """A real WandbLogger (the callback looks for that type) whose log_image only records."""
+
+    def __new__(cls, save_dir):
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(save_dir=str(save_dir), offline=True)
+        logger.calls = []
+        logger.log_image = lambda **kwargs: logger.calls.append(kwargs)
+        return logger
+
+
+def test_callback_logs_cross_attention_image(module, tmp_path):
+    logger = RecordingLogger(tmp_path)
+    trainer = SimpleNamespace(sanity_checking=True, is_global_zero=True, loggers=[logger], global_step=7)
+    callback = AttentionImageCallback(text=SEED[0])
+    callback.on_validation_end(trainer, module)
+    assert logger.calls == []  # not during the sanity check
+    trainer.sanity_checking = False
+    callback.on_validation_end(trainer, module)
+    assert len(logger.calls) == 1
+    call = logger.calls[0]
+    assert call["key"] == "val/attention" and call["step"] == 7
+    image = call["images"][0]
+    assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 10
+    assert call["caption"] == [f"{SEED[0]} → {SEED[1]}"]
+    trainer.is_global_zero = False
+    callback.on_validation_end(trainer, module)
+    assert len(logger.calls) == 1  # other ranks do not log
+
+
+def test_callback_without_text_watches_a_validation_sentence(module, tmp_path):
+    sources = ["감사합니다.", SEED[0], "안녕!"]
+    ids = encode(module.tokenizer, sources)
+    batch = collate([{"src_ids": s, "tgt_ids": [5], "index": i} for i, s in enumerate(ids)])
+    callback = AttentionImageCallback()
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[RecordingLogger(tmp_path)],
+                              global_step=1)
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    assert callback.text in sources
+    callback.on_validation_end(trainer, module)
+    assert len(trainer.loggers[0].calls) == 1
+
+
+def test_progress_line_after_each_validation(capsys):
+    import torch
+
+    callback = ProgressLog()
+    epoch_loop = SimpleNamespace(done=True)
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=1, global_step=40,
+                              max_epochs=5, callbacks=[], fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
+                              callback_metrics={"train/loss": torch.tensor(3.25), "val/loss": torch.tensor(2.5),
+                                                "val/bleu": torch.tensor(20.391), "train/tokens_per_sec":
+                                                    torch.tensor(5120.0)})
+    callback.on_validation_end(trainer, None)
+    assert capsys.readouterr().out == ""  # nothing before training started
+    callback.on_train_start(trainer, None)
+    callback.start -= 100  # 100 s for 2 epochs: 3 more epochs take about 150 s
+    callback.on_validation_end(trainer, None)
+    line = capsys.readouterr().out
+    assert line.startswith("epoch 1 step 40 | train loss 3.250 | val loss 2.500 | val BLEU 20.39 | 5,120 tok/s")
+    assert "elapsed 0:01:40" in line and "remaining ~0:02:3" in line and line.count("\n") == 1
+    trainer.sanity_checking = True
+    callback.on_validation_end(trainer, None)
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,67 @@
+"""TranslationModule: its config groups, schedule, loss and the merging of per-rank outputs."""
+
+import math
+
+import pytest
+import torch
+
+from helpers import tiny_config
+from pipeline.batching import collate
+from pipeline.decoding import DecodingConfig
+from pipeline.loss import token_cross_entropy
+from pipeline.module import TrainConfig, TranslationModule, inverse_sqrt_schedule, merge_eval_outputs
+
+
+def test_schedule_warms_up_linearly_then_decays_as_inverse_sqrt():
+    factor = inverse_sqrt_schedule(100)
+    assert factor(0) == pytest.approx(0.01) and factor(49) == pytest.approx(0.5)
+    assert factor(99) == pytest.approx(1.0)  # the peak, at the end of warm-up
+    assert factor(399) == pytest.approx(0.5) and factor(9999) == pytest.approx(0.1)
+    assert all(factor(s) > factor(s + 1) for s in range(100, 500))
+
+
+def test_optimizer_follows_train_config():
+    module = TranslationModule(tiny_config(), TrainConfig(lr=2e-3, warmup_steps=10, weight_decay=0.01))
+    config = module.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert optimizer.defaults["weight_decay"] == 0.01 and optimizer.defaults["betas"] == (0.9, 0.98)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(2e-4) and max(lrs) == pytest.approx(2e-3) and lrs.index(max(lrs)) == 9
+    assert lrs[39] == pytest.approx(2e-3 * math.sqrt(10 / 40))
+
+
+def test_hyperparameters_are_the_three_config_groups():
+    module = TranslationModule(tiny_config(d_model=16), TrainConfig(lr=1e-3), DecodingConfig(beam=2))
+    assert set(module.hparams) == {"model", "train", "decoding"}
+    assert module.hparams["model"]["d_model"] == 16 and module.hparams["train"]["lr"] == 1e-3
+    assert module.hparams["decoding"]["beam"] == 2 and module.model.cfg.d_model == 16
+
+
+@pytest.mark.parametrize("kwargs, field", [({"label_smoothing": 1.0}, "label_smoothing"), ({"lr": 0}, "lr"),
+                                           ({"warmup_steps": 0}, "warmup_steps")])
+def test_train_config_rejects_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**kwargs)
+
+
+def test_loss_uses_the_configured_smoothing_and_ignores_padding():
+    torch.manual_seed(0)
+    module = TranslationModule(tiny_config(), TrainConfig(label_smoothing=0.2)).eval()
+    batch = collate([{"src_ids": [5, 6, 7], "tgt_ids": [8, 9], "index": 0},
+                     {"src_ids": [5], "tgt_ids": [8, 9, 10, 11], "index": 1}])
+    logits = module.model(batch.src, batch.tgt_in)
+    torch.testing.assert_close(module.loss(batch), token_cross_entropy(logits, batch.tgt_out, 0.2))
+    torch.testing.assert_close(module.loss(batch, 0.0), token_cross_entropy(logits, batch.tgt_out, 0.0))
+    assert int((batch.tgt_out == 0).sum()) == 2 and batch.n_tokens == 8
+
+
+def test_merge_eval_outputs_deduplicates_rows_across_ranks():
+    rank0 = [(10.0, 5, [(0, "a"), (2, "c")]), (4.0, 2, [(4, "e")])]
+    rank1 = [(6.0, 3, [(1, "b"), (3, "d")]), (1.0, 1, [(0, "a")])]  # row 0 again: the sampler padded rank 1
+    nll, tokens, rows = merge_eval_outputs([rank0, rank1])
+    assert (nll, tokens) == (21.0, 11)
+    assert rows == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]

@@ -1,0 +1,53 @@
+"""The Python API: Translator.from_checkpoint, translate, nbest."""
+
+import pytest
+import torch
+
+from helpers import SEED
+from pipeline.errors import UserError
+from pipeline.translator import Translator
+
+
+def test_package_level_import_and_translation(seed_run):
+    import pipeline
+
+    path, pairs = seed_run
+    translator = pipeline.Translator.from_checkpoint(path, device="auto")
+    assert translator.languages == ("ko", "en") and translator.decoding.beam == 1
+    assert translator.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert translator.translate([p[0] for p in pairs]) == [p[1] for p in pairs]  # what it was trained on
+
+
+def test_order_empty_lines_and_batching_do_not_change_results(seed_run):
+    path, pairs = seed_run
+    sources = [pairs[3][0], "", SEED[0], "   ", pairs[1][0]]
+    batched = Translator.from_checkpoint(path, max_tokens=8).translate(sources)
+    assert batched[1] == "" and batched[3] == ""
+    one_by_one = Translator.from_checkpoint(path, batch_size=1)
+    assert [one_by_one.translate([s])[0] for s in sources] == batched
+    assert batched[2] == SEED[1]
+
+
+def test_nbest_is_sorted_and_widens_the_beam(seed_run):
+    path, _ = seed_run
+    translator = Translator.from_checkpoint(path, beam=2)
+    hyps = translator.nbest(SEED[0], k=4)
+    assert len(hyps) == 4
+    scores = [score for _, score in hyps]
+    assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    assert hyps[0][0] == SEED[1] == translator.translate([SEED[0]])[0]
+    assert translator.nbest("  ") == [("", 0.0)]
+
+
+def test_long_input_is_cut_and_counted(seed_run):
+    path, _ = seed_run
+    translator = Translator.from_checkpoint(path)
+    translator.translate(["만나서 " * 400, SEED[0]])
+    assert translator.truncated == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"beam": 0}, {"batch_size": 0}, {"max_tokens": -1}])
+def test_bad_options_are_user_errors(seed_run, kwargs):
+    path, _ = seed_run
+    with pytest.raises(UserError, match=next(iter(kwargs))):
+        Translator.from_checkpoint(path, **kwargs)
