@@ -107,6 +107,7 @@ def lightning_cli(args: list[str]) -> None:
             name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
             self.run_dir = Path(cfg.run.root) / name
             if self.subcommand != "fit":
+                self.save_config_callback = None  # validate/test write nothing (no config.yaml in the cwd)
                 self.use_checkpoint_config(cfg)
                 return
             cfg.data.tokenizer_file = str(self.run_dir / "tokenizer.json")
