@@ -5,9 +5,9 @@
         --split test --out runs/multi30k/eval-test
 
 Flag style, everywhere: config groups are dotted (--trainer.*, --model.*, --train.*,
---decoding.*, --data.*, --run.*, --checkpoint.*) and every name is spelled with underscores
+--decoding.*, --data.*, --run.*, --checkpoint.*, --final.*) and every name is spelled with underscores
 (--ckpt_path, --batch_size, --length_penalty). fit/validate/test are LightningCLI commands
-over the typed config classes; the others are typed functions below, whose signatures and
+over the typed config classes; the others are typed functions in commands.py, whose signatures and
 docstrings jsonargparse turns into their options and help. Old spellings (--batch-size,
 --model.lr, `model: {lr: ...}` in a YAML file) still work, with a deprecation message.
 """
@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal
 
+from pipeline.commands import attention, average, evaluate, export, finalize, translate
 from pipeline.errors import UserError
 
-STARTED = time.monotonic()  # the run's wall time in results.json counts from here
 
 
 # -- typed groups of the training commands --------------------------------------------------
@@ -194,6 +192,8 @@ def lightning_cli(args: list[str]) -> None:
             cfg = self.config_init["fit"]
             if not cfg.final.enabled or not self.trainer.is_global_zero or self.trainer.interrupted:
                 return
+            from pipeline.commands import run_finalize
+
             run_finalize(self.run_dir, self.datamodule, cfg.final, self.trainer, args)
 
         def after_validate(self) -> None:
@@ -214,208 +214,6 @@ def lightning_cli(args: list[str]) -> None:
                          trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False)
     if cli.subcommand == "fit" and rank_zero_only.rank == 0:
         print(f"run directory: {cli.run_dir}", flush=True)
-
-
-def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: list[str] | None = None) -> dict:
-    """`finalize` on the validation and test pairs of a datamodule; the summary goes to W&B too."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    from pipeline.finalize import finalize
-
-    validation = datamodule.load("validation")
-    try:
-        test = datamodule.load("test")
-    except UserError as e:
-        print(f"final: no test split ({e})", flush=True)
-        test = None
-    extra = {"command": "python -m pipeline " + " ".join(argv or sys.argv[1:])}
-    if trainer is not None:
-        extra |= {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
-                  "precision": str(trainer.precision), "wall_time_s": round(time.monotonic() - STARTED, 1)}
-    results = finalize(run_dir, validation, test, final_config, log=lambda m: print(m, flush=True), **extra)
-    for logger in (trainer.loggers if trainer is not None else []):
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(
-                {"final/val_bleu": results["validation"]["bleu"], "final/beam": results["beam"],
-                 "final/length_penalty": results["length_penalty"], "final/chosen_from": results["chosen_from"],
-                 **({"final/test_bleu": results["test"]["bleu"], "final/test_chrf": results["test"]["chrf"]}
-                    if results["test"] else {})})
-    return results
-
-
-# -- commands on a trained checkpoint ------------------------------------------------------
-def finalize(run: str) -> None:
-    """Choose the checkpoint (best, or an average of the newest epochs) and the decoding (beam,
-    length penalty) on validation, score the test split once, write RUN/results.json and
-    RUN/checkpoints/final.ckpt. `fit` does this itself when it ends; run it again for a run
-    that was resumed or cut short.
-
-    Args:
-        run: run directory, e.g. runs/multi30k (uses its config.yaml for the data and final sections).
-    """
-    import yaml
-
-    from pipeline.datamodule import TranslationDataModule
-    from pipeline.finalize import FinalConfig
-
-    config_file = Path(run) / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"no {config_file}: pass a run directory written by `python -m pipeline fit`")
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    datamodule = TranslationDataModule(**config["data"])
-    run_finalize(Path(run), datamodule, FinalConfig(**(config.get("final") or {})), argv=["finalize", "--run", run])
-
-
-
-def evaluate(ckpt: str, data: str, out: str, split: str | None = None, beam: int | None = None,
-             length_penalty: float | None = None, batch_size: int = 128, max_tokens: int = 8192) -> None:
-    """Translate a dataset split and score it with sacreBLEU (BLEU, chrF); writes
-    OUT/metrics.json and OUT/hypotheses.txt.
-
-    Args:
-        ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
-        data: dataset directory, hub id, or .jsonl file.
-        out: output directory for metrics.json and hypotheses.txt.
-        split: split name, e.g. test (not needed for a .jsonl file).
-        beam: beam size (1 = greedy; default: the run's decoding.beam).
-        length_penalty: beam length penalty (default: the run's decoding.length_penalty).
-        batch_size: sentences per batch.
-        max_tokens: source tokens per batch.
-    """
-    from pipeline.data import load_split
-    from pipeline.metrics import corpus_scores
-    from pipeline.translator import Translator
-
-    if split is None and not data.endswith(".jsonl"):
-        raise UserError(f"--split is required for {data} (e.g. --split test)")
-    translator = Translator.from_checkpoint(ckpt, beam=beam, length_penalty=length_penalty, device="auto",
-                                            batch_size=batch_size, max_tokens=max_tokens)
-    src_lang, tgt_lang = translator.languages
-    pairs = load_split(data, split, src_lang, tgt_lang)
-    start = time.perf_counter()
-    hyps = translator.translate(pairs["src"])
-    seconds = time.perf_counter() - start
-    scores = corpus_scores(hyps, pairs["tgt"])
-    lower = corpus_scores(hyps, pairs["tgt"], lowercase=True)
-    decoding = translator.decoding
-    metrics = {
-        "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["bleu_signature"],
-        "chrf_signature": scores["chrf_signature"], "bleu_lowercase": round(lower["bleu"], 2),
-        "n": len(hyps), "data": data, "split": split, "src_lang": src_lang, "tgt_lang": tgt_lang,
-        "beam": decoding.beam, "length_penalty": decoding.length_penalty, "ckpt": ckpt,
-        "truncated": translator.truncated, "seconds": round(seconds, 2),
-        "sentences_per_sec": round(len(hyps) / seconds, 1),
-    }
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  (lowercased BLEU {metrics['bleu_lowercase']:.2f}) "
-          f"on {metrics['n']} sentences, beam {decoding.beam}; {metrics['signature']}")
-    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'hypotheses.txt'}")
-
-
-def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch_size: int = 128,
-              show_beams: bool = False) -> None:
-    """Translate sentences from stdin (one a line; a prompt when stdin is a terminal) or --text.
-
-    Args:
-        ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
-        text: one sentence to translate instead of stdin.
-        beam: beam size (1 = greedy; default: the run's decoding.beam).
-        batch_size: sentences per batch.
-        show_beams: print every beam hypothesis as 'score<TAB>text' (best first), then a blank line.
-    """
-    from pipeline.data import read_lines
-    from pipeline.translator import Translator
-
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size)
-
-    def show(lines: list[str]) -> None:
-        if not show_beams:
-            for hyp in translator.translate(lines):
-                print(hyp, flush=True)
-            return
-        for line in lines:
-            for hyp, score in translator.nbest(line):
-                print(f"{score:.4f}\t{hyp}")
-            print(flush=True)
-
-    if text is not None:
-        show([text])
-    elif sys.stdin.isatty():
-        print("type a sentence and press Enter (Ctrl-D to quit)", file=sys.stderr)
-        for line in sys.stdin:
-            show([line.rstrip("\n")])
-    else:
-        show(read_lines("/dev/stdin"))
-    if translator.truncated:
-        print(f"warning: {translator.truncated} input line(s) longer than {translator.max_src_tokens} tokens "
-              "were truncated", file=sys.stderr)
-
-
-def average(out: str, ckpts: list[str] | None = None, run: str | None = None, last: int = 5) -> None:
-    """Average the weights of several checkpoints of one run into one checkpoint.
-
-    Args:
-        out: output checkpoint, e.g. runs/multi30k/checkpoints/avg.ckpt.
-        ckpts: checkpoint files to average (or --run).
-        run: run directory: average its newest --last epoch checkpoints.
-        last: with --run: how many of the newest epoch checkpoints.
-    """
-    from pipeline.checkpoints import average_checkpoints, epoch_checkpoints
-
-    if (ckpts is None) == (run is None):
-        raise UserError("pass exactly one of --ckpts A B C or --run runs/NAME")
-    paths = ckpts if ckpts else epoch_checkpoints(run, last)
-    average_checkpoints(paths, out)
-    print(f"averaged {len(paths)} checkpoints -> {out}")
-
-
-def attention(ckpt: str, text: str, out: str, target: str | None = None, dpi: int = 100) -> None:
-    """Draw the attention weights of a checkpoint on one sentence as PNG heatmaps: encoder
-    self-attention, decoder (causal) self-attention and cross-attention, per layer with every
-    head and the head average.
-
-    Args:
-        ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
-        text: source sentence.
-        out: output directory for the PNG files and tokens.json.
-        target: target sentence to feed the decoder (default: the model's own greedy translation).
-        dpi: PNG resolution.
-    """
-    from pipeline.attention_maps import compute_attention
-    from pipeline.checkpoints import load_checkpoint
-    from pipeline.plotting import write_heatmaps
-
-    if target is not None and not target.strip():
-        raise UserError("--target is empty: pass a target sentence or leave --target out to use the translation")
-    if dpi < 10:
-        raise UserError(f"--dpi must be >= 10, got {dpi}")
-    checkpoint = load_checkpoint(ckpt)
-    maps = compute_attention(checkpoint.model, checkpoint.tokenizer, text, target, checkpoint.decoding)
-    written = write_heatmaps(maps, out, dpi)
-    print(f"source: {' '.join(maps.src_tokens)}")
-    print(f"target: {maps.target}" + ("" if target is not None else "  (greedy translation)"))
-    print(f"wrote {len(written)} PNG files and tokens.json to {out}")
-
-
-def export(ckpt: str, out: str, format: Literal["hf-marian"] = "hf-marian", overwrite: bool = False) -> None:
-    """Write a checkpoint in another framework's format. hf-marian: a Hugging Face
-    MarianMTModel directory (post-norm checkpoints only, i.e. trained with --model.pre_norm false).
-
-    Args:
-        ckpt: checkpoint, e.g. runs/NAME/checkpoints/best.ckpt.
-        out: output directory.
-        format: export format.
-        overwrite: replace a non-empty output directory.
-    """
-    from pipeline.checkpoints import load_checkpoint
-    from pipeline.export import export_hf_marian
-
-    written = export_hf_marian(load_checkpoint(ckpt), out, overwrite)
-    print(f"wrote {', '.join(p.name for p in written)} to {out}")
-    print(f"load with: MarianMTModel.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})")
 
 
 # -- the command table ---------------------------------------------------------------------

@@ -4,6 +4,7 @@
     translator = Translator.from_checkpoint("runs/multi30k/checkpoints/best.ckpt", beam=4)
     translator.translate(["Ein Hund rennt durch den Schnee."])   # ['A dog runs through the snow.']
     translator.nbest("Ein Hund rennt durch den Schnee.", k=4)     # [(text, score), ...] best first
+    translator.attention("Ein Hund rennt durch den Schnee.")       # tokens and weights per layer and head
 
 `evaluate` and `translate` on the command line go through this class.
 """
@@ -89,6 +90,14 @@ class Translator:
         src = pad(self.source_ids([sentence])).to(self.device)
         out = generate(self.model, src, self.decoding, beam=max(k, self.decoding.beam), nbest=k, return_scores=True)
         return list(zip(decode(self.tokenizer, out.tokens[0].tolist()), out.scores[0].tolist()))
+
+    def attention(self, sentence: str, target: str | None = None):
+        """Attention weights of the model on one sentence (and its greedy translation, or
+        `target`): an `AttentionMaps` with tokens and, per layer, (heads, queries, keys) weights
+        of encoder self-, decoder self- and cross-attention."""
+        from pipeline.attention_maps import compute_attention
+
+        return compute_attention(self.model, self.tokenizer, sentence, target, self.decoding)
 
     @torch.inference_mode()
     def translate(self, sentences: list[str]) -> list[str]:

@@ -51,3 +51,10 @@ def test_bad_options_are_user_errors(seed_run, kwargs):
     path, _ = seed_run
     with pytest.raises(UserError, match=next(iter(kwargs))):
         Translator.from_checkpoint(path, **kwargs)
+
+
+def test_attention_follows_the_greedy_translation(seed_run):
+    path, _ = seed_run
+    maps = Translator.from_checkpoint(path, beam=3).attention(SEED[0])
+    assert maps.target == SEED[1]  # greedy, whatever the beam
+    assert len(maps.cross) == 2 and maps.cross[0].shape == (4, len(maps.tgt_out_tokens), len(maps.src_tokens))
