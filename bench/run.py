@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 from pipeline.batching import Batch, TokenBucketSampler, collate, padding_efficiency
 from pipeline.data import load_split
 from pipeline.datamodule import TranslationDataModule
-from pipeline.decoding import beam_search, greedy_decode
+from pipeline.decoding import DecodingConfig, generate, greedy_decode
 from pipeline.loss import token_cross_entropy
 from pipeline.model import Transformer, TransformerConfig
 from pipeline.tokenizer import BOS, EOS, PAD, train_tokenizer
@@ -164,7 +164,7 @@ class FixedLength:
     equivalent of Marian's min_new_tokens=max_new_tokens (which sets the EOS score to -inf)."""
 
     def __init__(self, model: Transformer):
-        self.model = model
+        self.model, self.cfg = model, model.cfg
 
     def encode(self, src):
         return self.model.encode(src)
@@ -388,10 +388,12 @@ def run(s: Settings) -> dict:
         if marian_generate(marian, src, 1, s.max_new_tokens).size(1) != s.max_new_tokens + 1:  # + start token
             raise AssertionError(f"Marian did not make exactly {s.max_new_tokens} tokens")
     n_sentences = sum(src.size(0) for src in sources)
+    # Through the one decoding entry point, as evaluate/translate use it: ratio 0 + extra n = n new tokens.
+    fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
     decoders = {
-        "greedy": {"ours": lambda: [greedy_decode(fixed, src, s.max_new_tokens) for src in sources],
+        "greedy": {"ours": lambda: [generate(fixed, src, fixed_n, beam=1) for src in sources],
                    "marian": lambda: [marian_generate(marian, src, 1, s.max_new_tokens) for src in sources]},
-        "beam4": {"ours": lambda: [beam_search(fixed, src, 4, s.max_new_tokens, 1.0) for src in sources],
+        "beam4": {"ours": lambda: [generate(fixed, src, fixed_n, beam=4) for src in sources],
                   "marian": lambda: [marian_generate(marian, src, 4, s.max_new_tokens) for src in sources]},
     }
     for figure, fns in decoders.items():

@@ -36,6 +36,11 @@ def read_jsonl(path: Path, keys: tuple[str, ...], n: int | None = None) -> list[
     return [row[k] for row in rows for k in keys]
 
 
+def jsonl_rows(path: Path) -> list[dict]:
+    """Every row of a .jsonl file."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def tiny_config(**overrides) -> TransformerConfig:
     """A Transformer small enough to run many times per test on a CPU."""
     kwargs = dict(vocab_size=24, d_model=32, n_heads=4, encoder_layers=2, decoder_layers=2, d_ff=64,

@@ -52,3 +52,25 @@ def test_hangul_renders_without_missing_glyphs(module, tmp_path):
         with plot_style():
             figure(maps, "cross", 0, mean=True).savefig(tmp_path / "cross.png")
     assert missing_glyph_warnings(caught) == []
+
+
+def test_without_a_hangul_font_plots_still_render(module, tmp_path, monkeypatch, capsys):
+    import matplotlib.image
+
+    from pipeline import plotting
+
+    plotting.hangul_font_path.cache_clear()
+    plotting.font_families.cache_clear()
+    monkeypatch.setattr(plotting, "HANGUL_FAMILIES", ())
+    monkeypatch.setattr(plotting.importlib.util, "find_spec", lambda name: None)
+    try:
+        assert plotting.hangul_font_path() is None
+        assert "no font with Hangul found" in capsys.readouterr().err
+        assert plotting.font_families() == (plotting.FALLBACK_FAMILY,)
+        maps = compute_attention(module.model, module.tokenizer, SEED[0])
+        with plot_style():
+            figure(maps, "cross", 0, mean=True).savefig(tmp_path / "latin.png", dpi=50)
+        assert matplotlib.image.imread(tmp_path / "latin.png")[..., :3].std() > 0.05
+    finally:
+        plotting.hangul_font_path.cache_clear()
+        plotting.font_families.cache_clear()
