@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.dropout import Dropout
+
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
     """(B, T) token ids -> (B, 1, 1, T) mask, False at padding keys."""
@@ -116,7 +118,7 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(d_model, d_model)
         self.w_v = nn.Linear(d_model, d_model)
         self.w_o = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.weights: Tensor | None = None  # (B, h, Tq, Tk), kept only when need_weights
 
     def split_heads(self, x: Tensor) -> Tensor:
@@ -147,9 +149,11 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.k, cache.v
         else:
             k, v = cache.append(*self.project_kv(source))  # (B, h, Tk, d_k)
-        if self.fused and not need_weights:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0)
+        # The fused kernel cannot take our dropout, so training with attention dropout runs the
+        # plain path (its weights are small: (B, h, Tq, Tk) against (B, T, d_ff) elsewhere).
+        dropping = self.training and self.dropout.p > 0
+        if self.fused and not need_weights and not dropping:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             self.weights = None
         else:
             out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.attention import KVCache, MultiHeadAttention, causal_mask, padding_mask
+from pipeline.dropout import Dropout
 from pipeline.tokenizer import PAD
 
 
@@ -89,7 +90,7 @@ class Embeddings(nn.Module):
         self.scale = math.sqrt(embedding.embedding_dim)
         self.register_buffer("positions", sinusoidal_positions(max_positions, embedding.embedding_dim),
                              persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """(B, T) ids, first at position `offset` -> (B, T, d_model)"""
@@ -105,7 +106,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation_dropout: float):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(activation_dropout)
+        self.dropout = Dropout(activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(torch.relu(self.fc1(x))))
@@ -116,7 +117,7 @@ class Residual(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
-        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), Dropout(dropout), pre_norm
 
     def forward(self, x: Tensor, sublayer) -> Tensor:
         if self.pre_norm:
@@ -203,8 +204,10 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor,
-               cache: list[tuple[KVCache, KVCache]] | None = None, need_weights: bool = False) -> Tensor:
-        """(B, T) target ids -> logits (B, T, vocab).
+               cache: list[tuple[KVCache, KVCache]] | None = None, need_weights: bool = False,
+               project: bool = True) -> Tensor:
+        """(B, T) target ids -> logits (B, T, vocab), or the final states (B, T, d_model) that
+        the LM head projects when project=False.
 
         Without a cache, tgt is the whole prefix and the causal mask hides the future. With a
         cache (see `new_cache`), tgt holds only the new step(s) after the cached ones.
@@ -217,13 +220,16 @@ class Transformer(nn.Module):
         y = self.tgt_embed(tgt, offset)
         for i, layer in enumerate(self.decoder_layers):
             y = layer(y, memory, tgt_mask, src_mask, cache[i] if cache else None, need_weights)
-        return self.lm_head(self.decoder_norm(y))
+        y = self.decoder_norm(y)
+        return self.lm_head(y) if project else y
 
     def new_cache(self) -> list[tuple[KVCache, KVCache]]:
         """Empty (self-attention, cross-attention) caches, one pair per decoder layer."""
         return [(KVCache(), KVCache()) for _ in self.decoder_layers]
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher forcing: (B, S) source, (B, T) shifted target -> logits (B, T, vocab)."""
+    def forward(self, src: Tensor, tgt: Tensor, project: bool = True) -> Tensor:
+        """Teacher forcing: (B, S) source, (B, T) shifted target -> logits (B, T, vocab), or the
+        final decoder states (B, T, d_model) when project=False (the training loss projects
+        them itself, see loss.linear_cross_entropy)."""
         memory, src_mask = self.encode(src)
-        return self.decode(tgt, memory, src_mask)
+        return self.decode(tgt, memory, src_mask, project=project)
