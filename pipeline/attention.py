@@ -127,36 +127,69 @@ class MultiHeadAttention(nn.Module):
         return x.view(B, T, self.n_heads, self.d_k).transpose(1, 2)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T, d_model) -> keys and values, each (B, h, T, d_k)."""
-        return self.split_heads(self.w_k(x)), self.split_heads(self.w_v(x))
+        """(B, T, d_model) -> keys and values, each (B, h, T, d_k), in one matrix product."""
+        w = torch.cat([self.w_k.weight, self.w_v.weight])
+        k, v = F.linear(x, w, torch.cat([self.w_k.bias, self.w_v.bias])).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, d_model) -> queries, keys and values for self-attention, each (B, h, T, d_k).
+
+        One (d_model -> 3·d_model) product instead of three: the weights stay three Linear
+        layers (checkpoints and exports see W_Q, W_K, W_V), concatenated here per call."""
+        w = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
+        b = torch.cat([self.w_q.bias, self.w_k.bias, self.w_v.bias])
+        return tuple(self.split_heads(t) for t in F.linear(x, w, b).chunk(3, dim=-1))
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
                 cache: KVCache | None = None, static_kv: bool = False,
-                need_weights: bool = False) -> Tensor:
+                need_weights: bool = False, causal: bool = False) -> Tensor:
         """Attend from x (B, Tq, d_model) to context (B, Tk, d_model), or to x itself.
 
+        mask: boolean, broadcastable to (B, h, Tq, Tk), or None (every key visible);
+        causal: query i sees keys 0..i only (self-attention over a whole prefix, no mask
+        materialised for the fused kernel).
         With a cache: self-attention (static_kv=False) appends this step's keys/values;
-        cross-attention (static_kv=True) projects the context once and reuses it.
-        Returns (B, Tq, d_model); the weights are kept in `self.weights` if need_weights.
+        cross-attention (static_kv=True) projects the context once and reuses it. A
+        cross-attention cache may hold fewer rows than x: beam search keeps one row per
+        sentence (B) for its B·k hypotheses (rows sentence-major), and the k queries of a
+        sentence are folded into its query dimension, so keys and values are projected and
+        read once per sentence instead of once per hypothesis.
+        Returns (B, Tq, d_model); the weights (B, h, Tq, Tk) are kept in `self.weights` if need_weights.
         """
-        q = self.split_heads(self.w_q(x))  # (B, h, Tq, d_k)
-        source = x if context is None else context
-        if cache is None:
-            k, v = self.project_kv(source)
-        elif static_kv:
-            if cache.k is None:
-                cache.append(*self.project_kv(source))
-            k, v = cache.k, cache.v
+        if context is None and cache is None:
+            q, k, v = self.project_qkv(x)  # (B, h, T, d_k) each
         else:
-            k, v = cache.append(*self.project_kv(source))  # (B, h, Tk, d_k)
+            q = self.split_heads(self.w_q(x))  # (B, h, Tq, d_k)
+            if not static_kv:
+                k, v = self.project_kv(x if context is None else context)
+                if cache is not None:
+                    k, v = cache.append(k, v)  # (B, h, Tk, d_k)
+            else:
+                if cache is None or cache.k is None:
+                    k, v = self.project_kv(context)
+                    if cache is not None:
+                        cache.append(k, v)
+                else:
+                    k, v = cache.k, cache.v
+        B, h, Tq, d_k = q.shape
+        fold = B // k.size(0)  # hypotheses per cached sentence (1 but in beam search)
+        if fold > 1:
+            q = q.view(-1, fold, h, Tq, d_k).transpose(1, 2).reshape(-1, h, fold * Tq, d_k)
         # The fused kernel cannot take our dropout, so training with attention dropout runs the
         # plain path (its weights are small: (B, h, Tq, Tk) against (B, T, d_ff) elsewhere).
         dropping = self.training and self.dropout.p > 0
         if self.fused and not need_weights and not dropping:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
             self.weights = None
         else:
+            if causal:
+                full = causal_mask(k.size(2), q.device)[:, :, -q.size(2):]
+                mask = full if mask is None else mask & full
             out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout)
+            if fold > 1:
+                weights = weights.view(-1, h, fold, Tq, k.size(2)).transpose(1, 2).reshape(B, h, Tq, k.size(2))
             self.weights = weights.detach() if need_weights else None
-        B, _, Tq, _ = out.shape
-        return self.w_o(out.transpose(1, 2).reshape(B, Tq, self.n_heads * self.d_k))
+        if fold > 1:
+            out = out.view(-1, h, fold, Tq, d_k).transpose(1, 2).reshape(B, h, Tq, d_k)
+        return self.w_o(out.transpose(1, 2).reshape(B, Tq, h * d_k))

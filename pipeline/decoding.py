@@ -154,8 +154,9 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
     B, k, device = src.size(0), beam, src.device
     limit = row_limits(max_len, B, device)  # (b,) for the sentences still searched
     max_len = int(limit.max())
-    memory, src_mask = model.encode(src)
-    memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)  # (B*k, ...)
+    # One row of memory (and of each cross-attention cache) per sentence, not per hypothesis:
+    # the decoder folds a sentence's k hypotheses into its cross-attention queries.
+    memory, src_mask = model.encode(src)  # (B, S, d), (B, 1, 1, S)
     cache = model.new_cache()
     out_tokens = torch.full((B, k, max_len + 1), PAD, dtype=torch.long, device=device)
     out_score = torch.full((B, k), float("-inf"), device=device)
@@ -167,7 +168,6 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
     fin_tokens, fin_score = out_tokens.clone(), out_score.clone()
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * k, device=device)[None]  # (1, 2k): candidates come sorted
-    beam_rows = torch.arange(k, device=device)[None]  # (1, k)
     for t in range(1, max_len + 1):
         b = alive.size(0)
         logits = next_logits(model, alive[:, :, -1].reshape(b * k, 1), memory, src_mask, cache)
@@ -182,11 +182,12 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
         ends = (is_eos | (t >= limit)[:, None]) & (rank < k) & ~done[:, None]
         end_score = torch.where(ends, cand_logp / length_penalty(torch.tensor(t, device=device), alpha),
                                 torch.full_like(cand_logp, float("-inf")))
-        padded = torch.full((b, 2 * k, max_len + 1), PAD, dtype=torch.long, device=device)
-        padded[:, :, :t + 1] = cand_seq
-        fin_score, pick = torch.cat([fin_score, end_score], 1).topk(k, dim=1)
-        fin_tokens = torch.cat([fin_tokens, padded], 1).gather(1, pick[..., None].expand(-1, -1, max_len + 1))
-        done = fin_score[:, -1] > float("-inf")
+        if bool(ends.any()):  # the finished pool changes only when a hypothesis ends
+            padded = torch.full((b, 2 * k, max_len + 1), PAD, dtype=torch.long, device=device)
+            padded[:, :, :t + 1] = cand_seq
+            fin_score, pick = torch.cat([fin_score, end_score], 1).topk(k, dim=1)
+            fin_tokens = torch.cat([fin_tokens, padded], 1).gather(1, pick[..., None].expand(-1, -1, max_len + 1))
+            done = fin_score[:, -1] > float("-inf")
         if bool(done.all()):
             break
         # Alive: the best k continuations that are not EOS (each beam adds at most one EOS,
@@ -195,18 +196,20 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
         alive = cand_seq.gather(1, pick[..., None].expand(-1, -1, t + 1))
         # Each hypothesis's parent: its row in this step's (b*k)-row caches.
         parent = torch.arange(b, device=device)[:, None] * k + cand_beam.gather(1, pick)  # (b, k)
-        if 4 * int(done.sum()) >= b:  # done sentences leave: keep their results, drop their rows
+        dropped = 4 * int(done.sum()) >= b
+        if dropped:  # done sentences leave: keep their results, drop their rows
             out_tokens[sent[done]], out_score[sent[done]] = fin_tokens[done], fin_score[done]
             keep = (~done).nonzero().squeeze(1)
             parent, sent, alive, alive_logp, fin_tokens, fin_score, done, limit = (
                 x.index_select(0, keep) for x in (parent, sent, alive, alive_logp, fin_tokens, fin_score, done,
                                                   limit))
-            rows = (keep[:, None] * k + beam_rows).view(-1)
             for _, cross_cache in cache:
-                cross_cache.reorder(rows)
-            memory, src_mask = memory.index_select(0, rows), src_mask.index_select(0, rows)
-        for self_cache, _ in cache:  # cross-attention keys are the same for every beam
-            self_cache.reorder(parent.view(-1))
+                cross_cache.reorder(keep)
+            memory, src_mask = memory.index_select(0, keep), src_mask.index_select(0, keep)
+        parent = parent.view(-1)
+        if dropped or not torch.equal(parent, torch.arange(parent.numel(), device=device)):  # else: nothing moved
+            for self_cache, _ in cache:  # cross-attention keys are the same for every beam
+                self_cache.reorder(parent)
     out_tokens[sent], out_score[sent] = fin_tokens, fin_score
     tokens = out_tokens[:, :, 1:]  # (B, k, max_len)
     length = int((tokens != PAD).sum(-1).max().item())

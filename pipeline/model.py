@@ -153,12 +153,15 @@ class DecoderLayer(nn.Module):
         self.res_cross = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.res_ffn = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, y: Tensor, memory: Tensor, tgt_mask: Tensor, src_mask: Tensor,
-                cache: tuple[KVCache, KVCache] | None = None, need_weights: bool = False) -> Tensor:
-        """y: (B, T, d_model), memory: (B, S, d_model), tgt_mask: (B|1, 1, T, T_total),
-        src_mask: (B, 1, 1, S); cache: (self-attention, cross-attention) -> (B, T, d_model)"""
+    def forward(self, y: Tensor, memory: Tensor, tgt_mask: Tensor | None, src_mask: Tensor,
+                cache: tuple[KVCache, KVCache] | None = None, need_weights: bool = False,
+                causal: bool = False) -> Tensor:
+        """y: (B, T, d_model), memory: (B|B/k, S, d_model), tgt_mask: (1, 1, T, T_total) or None,
+        src_mask: (B|B/k, 1, 1, S); causal: the self-attention is over the whole prefix;
+        cache: (self-attention, cross-attention) -> (B, T, d_model)"""
         self_cache, cross_cache = cache if cache is not None else (None, None)
-        y = self.res_self(y, lambda h: self.self_attn(h, mask=tgt_mask, cache=self_cache, need_weights=need_weights))
+        y = self.res_self(y, lambda h: self.self_attn(h, mask=tgt_mask, cache=self_cache, need_weights=need_weights,
+                                                      causal=causal))
         y = self.res_cross(y, lambda h: self.cross_attn(h, memory, src_mask, cache=cross_cache, static_kv=True,
                                                         need_weights=need_weights))
         return self.res_ffn(y, self.ffn)
@@ -209,17 +212,20 @@ class Transformer(nn.Module):
         """(B, T) target ids -> logits (B, T, vocab), or the final states (B, T, d_model) that
         the LM head projects when project=False.
 
-        Without a cache, tgt is the whole prefix and the causal mask hides the future. With a
-        cache (see `new_cache`), tgt holds only the new step(s) after the cached ones.
+        Without a cache, tgt is the whole prefix and causal attention hides the future. Targets
+        are right-padded, so causality alone keeps every real position off the padding (a
+        padded position's output is never used), and no mask is built. With a cache (see
+        `new_cache`), tgt holds only the new step(s) after the cached ones: one new step may
+        see every cached key, so it needs no mask either. memory and src_mask may have one row
+        per sentence for k hypotheses each (beam search; see MultiHeadAttention).
         """
         offset = len(cache[0][0]) if cache else 0
         T = tgt.size(1)
-        tgt_mask = causal_mask(offset + T, tgt.device)[:, :, offset:]  # (1, 1, T, offset+T)
-        if cache is None:
-            tgt_mask = tgt_mask & padding_mask(tgt, PAD)
+        causal = cache is None
+        tgt_mask = None if causal or T == 1 else causal_mask(offset + T, tgt.device)[:, :, offset:]
         y = self.tgt_embed(tgt, offset)
         for i, layer in enumerate(self.decoder_layers):
-            y = layer(y, memory, tgt_mask, src_mask, cache[i] if cache else None, need_weights)
+            y = layer(y, memory, tgt_mask, src_mask, cache[i] if cache else None, need_weights, causal)
         y = self.decoder_norm(y)
         return self.lm_head(y) if project else y
 

@@ -196,3 +196,37 @@ def test_kv_cache_long_runs_match_concatenation():
             assert torch.equal(cache.k, ref_k) and torch.equal(cache.v, ref_v)
     for view, copy in handed_out:
         assert torch.equal(view, copy)
+
+
+@pytest.mark.parametrize("fused, need_weights", [(True, False), (False, True)])
+def test_cross_attention_folds_hypotheses_onto_one_row_per_sentence(fused, need_weights):
+    """Beam search keeps one memory row per sentence; k hypotheses per sentence give the same
+    result as k copies of that row."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4, fused=fused).eval()
+    B, k, S = 3, 4, 5
+    memory = torch.randn(B, S, 16)
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    mask[1, ..., 3:] = False
+    queries = torch.randn(B * k, 2, 16)
+    folded_cache, copied_cache = KVCache(), KVCache()
+    folded = attn(queries, memory, mask, cache=folded_cache, static_kv=True, need_weights=need_weights)
+    folded_weights = attn.weights
+    copied = attn(queries, memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), cache=copied_cache,
+                  static_kv=True, need_weights=need_weights)
+    assert folded_cache.k.size(0) == B and copied_cache.k.size(0) == B * k
+    torch.testing.assert_close(folded, copied)
+    if need_weights:
+        torch.testing.assert_close(folded_weights, attn.weights)
+        assert torch.all(folded_weights[k: 2 * k, ..., 3:] == 0)  # sentence 1's padding, for all its hypotheses
+
+
+def test_causal_flag_equals_an_explicit_causal_mask():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    fused, plain = MultiHeadAttention(16, 4, fused=True).eval(), MultiHeadAttention(16, 4, fused=False).eval()
+    plain.load_state_dict(fused.state_dict())
+    expected = plain(x, mask=causal_mask(6))
+    torch.testing.assert_close(fused(x, causal=True), expected)
+    torch.testing.assert_close(plain(x, causal=True), expected)
+    torch.testing.assert_close(fused(x, mask=causal_mask(6)), expected)

@@ -24,7 +24,8 @@ class StubModel:
     It keeps the prefix of each row in the self-attention cache of its only layer (as keys),
     so beam search's cache reordering decides what prefix it sees, exactly as for the
     real model. `table(src_row, prefix)` returns {token: probability}; tokens it leaves out
-    get a tiny probability.
+    get a tiny probability. Like the real model, it accepts one memory row per sentence for
+    k hypotheses each (rows sentence-major), as beam search passes them.
     """
 
     def __init__(self, table, vocab: int = 6):
@@ -54,8 +55,9 @@ class StubModel:
             history = self_cache.append(k, k)[0][:, 0, :, 0].long()
         T_new, T = tgt.size(1), history.size(1)
         logits = torch.empty(tgt.size(0), T_new, self.vocab)
+        fold = tgt.size(0) // memory.size(0)
         for b in range(tgt.size(0)):
-            src_row = tuple(t for t in memory[b, :, 0].long().tolist() if t != PAD)
+            src_row = tuple(t for t in memory[b // fold, :, 0].long().tolist() if t != PAD)
             for j in range(T_new):
                 prefix = tuple(history[b, 1: T - T_new + j + 1].tolist())  # after BOS
                 logits[b, j] = torch.tensor(self.log_probs(src_row, prefix))
