@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/multi30k.yaml
+SWEEP ?= configs/sweeps/smoke.yaml
 ARGS ?=
 CKPT ?= runs/multi30k/checkpoints/best.ckpt
 DATA ?= ../shared/data/multi30k
@@ -16,9 +17,13 @@ TEXT ?= Ein Hund rennt durch den Schnee.
 FORMAT ?= hf-marian
 BENCH_OUT ?=
 BENCH_QUICK ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CLIENTS ?= 16
+SECONDS ?= 300
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train evaluate translate average attention export test bench clean
+.PHONY: help setup train evaluate translate average attention export serve sweep test bench bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +32,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install torch==2.13.0
 	$(VENV)/bin/pip install -e '.[dev]'
+	@# The browser test drives Debian's chromium (Playwright's own download needs the internet).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	elif [ ! -x /usr/bin/chromium ]; then echo "no /usr/bin/chromium and not root: the browser test will be skipped"; fi
 	touch $@
 
 setup: $(VENV)/.installed ## create .venv and install the project (torch 2.13.0 CPU wheel first)
@@ -49,11 +58,20 @@ attention: setup ## attention heatmaps of CKPT on TEXT="..." into RUN/attention
 export: setup ## write CKPT as FORMAT (hf-marian) into RUN/export-FORMAT
 	$(PY) -m pipeline export --ckpt $(CKPT) --format $(FORMAT) --out $(RUN)/export-$(FORMAT) $(ARGS)
 
+serve: setup ## serve CKPT: HTTP API and a web page at http://HOST:PORT/ (127.0.0.1:8000)
+	$(PY) -m pipeline serve --ckpt $(CKPT) --host $(HOST) --port $(PORT) $(ARGS)
+
 test: setup ## run the whole test suite (about 15 minutes on 2 CPU cores)
 	$(PY) -m pytest -q $(ARGS)
 
+sweep: setup ## recipe search with Optuna: SWEEP=configs/sweeps/NAME.yaml (resumable; leaderboard in runs/sweeps/NAME/)
+	$(PY) -m pipeline sweep --sweep $(SWEEP) $(ARGS)
+
 bench: setup ## speed against Hugging Face MarianMT; BENCH_QUICK=1 for a short run, BENCH_OUT=path.json
 	$(PY) -m bench.run $(if $(BENCH_OUT),--out $(BENCH_OUT)) $(if $(BENCH_QUICK),--quick)
+
+bench-serve: setup ## load bench of `serve` on CKPT: CLIENTS (16) clients for SECONDS (300); BENCH_OUT=path.json
+	$(PY) -m bench.serve --ckpt $(CKPT) --clients $(CLIENTS) --seconds $(SECONDS) $(if $(BENCH_OUT),--out $(BENCH_OUT))
 
 clean: ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache build *.egg-info

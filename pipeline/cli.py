@@ -25,8 +25,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal
 
-from pipeline.commands import attention, average, evaluate, export, finalize, translate
+from pipeline.commands import attention, average, evaluate, export, finalize, sweep, translate
 from pipeline.errors import UserError
+from pipeline.server import serve
 
 
 
@@ -41,6 +42,7 @@ class RunConfig:
         overwrite: replace an existing run directory instead of refusing.
         logger: wandb (offline unless WANDB_MODE says otherwise) or csv.
         wandb_project: W&B project.
+        wandb_group: W&B group (a sweep groups its trials under its name).
         attention_text: W&B runs: sentence whose cross-attention image is logged after each
             validation (default: one from the first validation batch).
     """
@@ -50,6 +52,7 @@ class RunConfig:
     overwrite: bool = False
     logger: Literal["wandb", "csv"] = "wandb"
     wandb_project: str = "pipeline-nmt"
+    wandb_group: str | None = None
     attention_text: str | None = None
 
 
@@ -69,8 +72,9 @@ class CheckpointConfig:
     early_stop_patience: int | None = None
 
 
-def lightning_cli(args: list[str]) -> None:
-    """fit / validate / test through LightningCLI, with the typed groups above."""
+def lightning_cli(args: list[str], extra_callbacks: list | None = None):
+    """fit / validate / test through LightningCLI, with the typed groups above; returns the
+    LightningCLI (its trainer and model). `extra_callbacks` join fit's (the sweep's pruner)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -81,6 +85,7 @@ def lightning_cli(args: list[str]) -> None:
     from pipeline.datamodule import TranslationDataModule
     from pipeline.decoding import DecodingConfig
     from pipeline.finalize import FinalConfig
+    from pipeline.hardware import choose_precision
     from pipeline.model import TransformerConfig
     from pipeline.module import TrainConfig, TranslationModule
 
@@ -104,6 +109,10 @@ def lightning_cli(args: list[str]) -> None:
             configs = cfg.get("config") or []
             name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
             self.run_dir = Path(cfg.run.root) / name
+            if cfg.trainer.get("precision") is None:  # null: measured on this machine (hardware.py)
+                cfg.trainer.precision, reason = choose_precision(str(cfg.trainer.get("accelerator") or "auto"))
+                if rank_zero_only.rank == 0:
+                    print(f"precision: {cfg.trainer.precision} ({reason}; --trainer.precision sets it)", flush=True)
             if self.subcommand != "fit":
                 self.save_config_callback = None  # validate/test write nothing (no config.yaml in the cwd)
                 self.use_checkpoint_config(cfg)
@@ -164,7 +173,7 @@ def lightning_cli(args: list[str]) -> None:
             if self.subcommand != "fit":
                 return super().instantiate_trainer(logger=False, **kwargs)
             ckpt_dir = self.run_dir / "checkpoints"
-            callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog()]
+            callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog(), *(extra_callbacks or [])]
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
                                              save_top_k=1, save_last=True, auto_insert_metric_name=False,
                                              enable_version_counter=False))
@@ -181,7 +190,7 @@ def lightning_cli(args: list[str]) -> None:
             if cfg.run.logger == "wandb":
                 callbacks.append(AttentionImageCallback(text=cfg.run.attention_text))
                 logger = WandbLogger(project=cfg.run.wandb_project, name=self.run_dir.name,
-                                     save_dir=str(self.run_dir))
+                                     save_dir=str(self.run_dir), group=cfg.run.wandb_group)
             else:
                 logger = CSVLogger(save_dir=str(self.run_dir), name="", version="")
             plugins = list(cfg.trainer.get("plugins") or []) + [AtomicCheckpointIO()]
@@ -214,6 +223,7 @@ def lightning_cli(args: list[str]) -> None:
                          trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False)
     if cli.subcommand == "fit" and rank_zero_only.rank == 0:
         print(f"run directory: {cli.run_dir}", flush=True)
+    return cli
 
 
 # -- the command table ---------------------------------------------------------------------
@@ -228,11 +238,13 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("BLEU/chrF of a checkpoint on the validation split: --config ... --ckpt_path CKPT"),
     "test": Command("BLEU/chrF of a checkpoint on the test split: --config ... --ckpt_path CKPT"),
     "finalize": Command("choose checkpoint and decoding on validation, score test once (fit does it)", finalize),
+    "sweep": Command("recipe search with Optuna over a sweep file; resumable, with a leaderboard", sweep),
     "evaluate": Command("translate any dataset split with a checkpoint and score it", evaluate),
     "translate": Command("translate stdin (one sentence a line) or --text", translate),
     "average": Command("average the weights of several checkpoints", average),
     "attention": Command("attention heatmaps (PNG) of a checkpoint on one sentence", attention),
     "export": Command("write a checkpoint as a Hugging Face MarianMT directory", export),
+    "serve": Command("serve a checkpoint: HTTP API and a web page with live attention", serve),
 }
 
 

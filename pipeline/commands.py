@@ -198,21 +198,46 @@ def attention(ckpt: str, text: str, out: str, target: str | None = None, dpi: in
     print(f"wrote {len(written)} PNG files and tokens.json to {out}")
 
 
-def export(ckpt: str, out: str, format: Literal["hf-marian"] = "hf-marian", overwrite: bool = False) -> None:
+def export(ckpt: str, out: str, format: Literal["hf-marian", "ctranslate2"] = "hf-marian", overwrite: bool = False,
+           quantization: Literal["int8", "int8_float32", "int16", "float16", "bfloat16", "float32"] | None = None
+           ) -> None:
     """Write a checkpoint in another framework's format. hf-marian: a Hugging Face
     MarianMTModel directory (post-norm checkpoints only, i.e. trained with --model.pre_norm false).
+    ctranslate2: a CTranslate2 model directory (pre- and post-norm; needs pip install ctranslate2).
 
     Args:
         ckpt: checkpoint, e.g. runs/NAME/checkpoints/best.ckpt.
         out: output directory.
         format: export format.
         overwrite: replace a non-empty output directory.
+        quantization: ctranslate2 only: store the weights in this type (default float32).
     """
     from pipeline.checkpoints import load_checkpoint
-    from pipeline.export import export_hf_marian
+    from pipeline.export import export_ctranslate2, export_hf_marian
 
+    if format == "ctranslate2":
+        written = export_ctranslate2(load_checkpoint(ckpt), out, overwrite, quantization)
+        print(f"wrote {', '.join(p.name for p in written)} to {out}")
+        print(f"load with: ctranslate2.Translator({out!r}); give it subword tokens, it appends </s> itself")
+        return
+    if quantization is not None:
+        raise UserError("--quantization applies to --format ctranslate2 only")
     written = export_hf_marian(load_checkpoint(ckpt), out, overwrite)
     print(f"wrote {', '.join(p.name for p in written)} to {out}")
     print(f"load with: MarianMTModel.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})")
 
 
+
+
+def sweep(sweep: str, trials: int | None = None, root: str = "runs/sweeps") -> None:
+    """Search a recipe with Optuna: trials sampled from a sweep file's space, each a `fit`
+    of its base config, pruned on validation BLEU, resumable; prints and writes a leaderboard.
+
+    Args:
+        sweep: sweep file, e.g. configs/sweeps/multi30k.yaml.
+        trials: trials in all (default: the file's); a resumed sweep runs only the missing ones.
+        root: folder of the sweeps (each in <root>/<name>/ with study.db and leaderboard.json).
+    """
+    from pipeline.sweep import run_sweep
+
+    run_sweep(sweep, trials, root)

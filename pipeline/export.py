@@ -1,10 +1,13 @@
-"""Export a checkpoint as a Hugging Face MarianMT directory: `python -m pipeline export`.
+"""Export a checkpoint for another runtime: `python -m pipeline export --format FORMAT`.
 
 Every function takes a loaded `pipeline.checkpoints.Checkpoint`.
 
     python -m pipeline export --ckpt runs/NAME/checkpoints/best.ckpt --out exported/NAME --format hf-marian
+    python -m pipeline export --ckpt runs/NAME/checkpoints/best.ckpt --out exported/NAME --format ctranslate2
 
-writes config.json, generation_config.json, model.safetensors, tokenizer.json,
+## hf-marian
+
+Writes config.json, generation_config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json and special_tokens_map.json, which `transformers` loads with
 
     MarianMTModel.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR)
@@ -29,6 +32,24 @@ every encoded source (as our collator does) and strips outer whitespace (as our 
 does) and, like ours, reads a literal "</s>" in the text as text (split_special_tokens);
 decode with skip_special_tokens=True. (Built from tokenizer.json alone, e.g.
 PreTrainedTokenizerFast(tokenizer_file=...), pass split_special_tokens=True for that.)
+
+## ctranslate2
+
+Writes model.bin, config.json and shared_vocabulary.json (or source_ and
+target_vocabulary.json), which CTranslate2 loads with `ctranslate2.Translator(DIR)`. Built on
+CTranslate2's own Transformer spec (`TransformerSpec.from_config`), which has both layouts, so
+pre-norm (the default, with its final LayerNorm per stack) and post-norm checkpoints export.
+Positions are our sinusoidal table itself, embeddings are scaled by √d_model, LayerNorm
+epsilon is PyTorch's 1e-5. Tied or untied embeddings both export.
+
+The vocabulary is our joint BPE's token strings in id order (<pad>=0, <s>=1, </s>=2, <unk>=3),
+so CTranslate2's tokens are our ids one for one. Give it the subword tokens of a sentence
+(`tokenizer.encode(text).tokens`, no specials): the model appends </s> to the source itself
+(add_source_eos), and the decoder starts from <s>, as ours does. Pass
+`suppress_sequences=[["<pad>"], ["<s>"]]` to rule those tokens out as our decoders do, and
+`max_decoding_length` for our length limit (max_len_ratio × source tokens with </s> +
+max_len_extra). `quantization` ("int8", "int16", "float16", ...) stores the weights in that
+type; CTranslate2 can also quantize at load time (`compute_type="int8"`).
 """
 
 from __future__ import annotations
@@ -43,7 +64,7 @@ from torch import nn
 from pipeline.errors import UserError
 from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
-FORMATS = ("hf-marian",)
+FORMATS = ("hf-marian", "ctranslate2")
 
 
 def check_exportable(checkpoint) -> None:
@@ -179,6 +200,17 @@ def tokenizer_config(checkpoint) -> dict:
             "split_special_tokens": True}, special
 
 
+def empty_directory(out: str | Path, overwrite: bool) -> Path:
+    """`out`, created, after refusing (or with overwrite, emptying) a non-empty directory."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"output directory {out} is not empty: pick another --out or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def export_hf_marian(checkpoint, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Write the MarianMT directory; returns the files written."""
     try:
@@ -186,12 +218,7 @@ def export_hf_marian(checkpoint, out: str | Path, overwrite: bool = False) -> li
     except ImportError:
         raise UserError("exporting needs the safetensors package: pip install safetensors") from None
     check_exportable(checkpoint)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"output directory {out} is not empty: pick another --out or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = empty_directory(out, overwrite)
     tok_config, special = tokenizer_config(checkpoint)
     files = {
         "config.json": json.dumps(marian_config(checkpoint), indent=2) + "\n",
@@ -207,3 +234,103 @@ def export_hf_marian(checkpoint, out: str | Path, overwrite: bool = False) -> li
     save_file(marian_state_dict(checkpoint), str(out / "model.safetensors"), metadata={"format": "pt"})
     written.append(out / "model.safetensors")
     return written
+
+
+# -- CTranslate2 ---------------------------------------------------------------------------
+def vocabulary(checkpoint) -> list[str]:
+    """Token strings in id order, one per row of the embedding matrix (ids unchanged)."""
+    tokenizer, size = checkpoint.tokenizer, checkpoint.config.vocab_size
+    if tokenizer.get_vocab_size() > size:
+        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {size} embeddings: "
+                        "the checkpoint is inconsistent")
+    # A tokenizer trained on little text may have fewer tokens than the model has rows; those
+    # rows are never produced by encode, and get names that no token has.
+    return [tokenizer.id_to_token(i) if i < tokenizer.get_vocab_size() else f"<unused{i}>" for i in range(size)]
+
+
+def ctranslate2_spec(checkpoint):
+    """The checkpoint as a filled ctranslate2.specs.TransformerSpec (not yet validated or saved)."""
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    model, cfg = checkpoint.model, checkpoint.config
+    spec = transformer_spec.TransformerSpec.from_config(
+        (cfg.encoder_layers, cfg.decoder_layers), cfg.n_heads, pre_norm=cfg.pre_norm,
+        activation=common_spec.Activation.RELU)  # pre-norm: with a final LayerNorm per stack, as ours
+
+    def tensor(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", torch.float32).contiguous().clone()
+
+    def linear(target, *layers: nn.Linear) -> None:
+        """One CTranslate2 linear from ours (several are stacked: fused QKV or KV projections)."""
+        target.weight = tensor(torch.cat([layer.weight for layer in layers]))
+        if layers[0].bias is not None:
+            target.bias = tensor(torch.cat([layer.bias for layer in layers]))
+
+    def norm(target, layer: nn.LayerNorm) -> None:
+        target.gamma, target.beta = tensor(layer.weight), tensor(layer.bias)
+
+    def attention(target, attn, self_attention: bool) -> None:
+        if self_attention:  # linear[0]: Q, K and V stacked; linear[1]: output
+            linear(target.linear[0], attn.w_q, attn.w_k, attn.w_v)
+        else:  # cross-attention: linear[0]: Q (of the decoder), linear[1]: K and V (of the memory)
+            linear(target.linear[0], attn.w_q)
+            linear(target.linear[1], attn.w_k, attn.w_v)
+        linear(target.linear[-1], attn.w_o)
+
+    def stack(target, embed, final_norm) -> None:
+        """Embeddings (scaled by √d_model: the spec's default), our position table, final norm."""
+        embeddings = target.embeddings[0] if isinstance(target.embeddings, list) else target.embeddings
+        embeddings.weight = tensor(embed.embedding.weight)  # (the encoder's is a list of one)
+        target.scale_embeddings = True
+        target.position_encodings.encodings = tensor(embed.positions)
+        if cfg.pre_norm:
+            norm(target.layer_norm, final_norm)
+
+    # In either layout each sub-layer has one LayerNorm: CTranslate2 applies it before the
+    # sub-layer (pre-norm) or after the residual sum (post-norm), as Residual does.
+    stack(spec.encoder, model.src_embed, model.encoder_norm)
+    for target, layer in zip(spec.encoder.layer, model.encoder_layers):
+        attention(target.self_attention, layer.self_attn, self_attention=True)
+        norm(target.self_attention.layer_norm, layer.res_attn.norm)
+        linear(target.ffn.linear_0, layer.ffn.fc1)
+        linear(target.ffn.linear_1, layer.ffn.fc2)
+        norm(target.ffn.layer_norm, layer.res_ffn.norm)
+    stack(spec.decoder, model.tgt_embed, model.decoder_norm)
+    spec.decoder.start_from_zero_embedding = False  # our first decoder input is <s>'s embedding
+    for target, layer in zip(spec.decoder.layer, model.decoder_layers):
+        attention(target.self_attention, layer.self_attn, self_attention=True)
+        norm(target.self_attention.layer_norm, layer.res_self.norm)
+        attention(target.attention, layer.cross_attn, self_attention=False)
+        norm(target.attention.layer_norm, layer.res_cross.norm)
+        linear(target.ffn.linear_0, layer.ffn.fc1)
+        linear(target.ffn.linear_1, layer.ffn.fc2)
+        norm(target.ffn.layer_norm, layer.res_ffn.norm)
+    linear(spec.decoder.projection, model.lm_head)  # no bias; tied weights are stored once (aliased)
+
+    tokens = vocabulary(checkpoint)
+    spec.register_source_vocabulary(tokens)
+    spec.register_target_vocabulary(tokens)
+    config = spec.config
+    config.unk_token, config.bos_token, config.eos_token = SPECIAL_TOKENS[UNK], SPECIAL_TOKENS[BOS], SPECIAL_TOKENS[EOS]
+    config.decoder_start_token = SPECIAL_TOKENS[BOS]
+    config.add_source_bos, config.add_source_eos = False, True  # our source: subwords + </s>
+    config.layer_norm_epsilon = next(m.eps for m in model.modules() if isinstance(m, nn.LayerNorm))  # 1e-5
+    return spec
+
+
+def export_ctranslate2(checkpoint, out: str | Path, overwrite: bool = False,
+                       quantization: str | None = None) -> list[Path]:
+    """Write the CTranslate2 model directory; returns the files written. quantization: the
+    weight type stored (None: float32; "int8", "int16", "float16", "bfloat16", ...)."""
+    try:
+        from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
+    except ImportError:
+        raise UserError("exporting to CTranslate2 needs the ctranslate2 package: pip install ctranslate2") from None
+    if quantization is not None and quantization not in ACCEPTED_MODEL_TYPES:
+        raise UserError(f"unknown quantization {quantization!r}: use one of {', '.join(ACCEPTED_MODEL_TYPES)}")
+    spec = ctranslate2_spec(checkpoint)
+    spec.validate()
+    spec.optimize(quantization=quantization)  # aliases shared (tied) weights, converts the weight type
+    out = empty_directory(out, overwrite)
+    spec.save(str(out))
+    return sorted(out.iterdir())

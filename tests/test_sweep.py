@@ -1,0 +1,41 @@
+"""`python -m pipeline sweep`: Optuna trials of the smoke config, a leaderboard, a resumed study."""
+
+import json
+
+import pytest
+import yaml
+
+from helpers import ROOT, run_cli
+
+
+@pytest.mark.slow
+def test_two_trials_then_resume_adds_only_the_missing_one(tmp_path):
+    sweep = yaml.safe_load((ROOT / "configs/sweeps/smoke.yaml").read_text())
+    sweep["args"] = [*sweep["args"], "--data.train_limit", "200", "--data.val_limit", "10",
+                     "--trainer.enable_progress_bar", "false"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+    first = run_cli("sweep", "--sweep", path, "--root", tmp_path / "sweeps")
+    board = json.loads((tmp_path / "sweeps/smoke/leaderboard.json").read_text())
+    assert [row["state"] for row in board] == ["complete", "complete"]
+    assert board[0]["val_bleu"] >= board[1]["val_bleu"]  # best first
+    for row in board:
+        assert set(row["params"]) == {"train.lr", "model.dropout"}
+        assert 0.001 <= row["params"]["train.lr"] <= 0.01 and row["params"]["model.dropout"] in (0.0, 0.1)
+        assert (tmp_path / "sweeps/smoke" / f"trial{row['trial']:03d}" / "checkpoints/best.ckpt").is_file()
+    assert "trial   0" in first.stdout and "leaderboard.json" in first.stdout
+    again = run_cli("sweep", "--sweep", path, "--root", tmp_path / "sweeps", "--trials", "3")
+    assert again.stdout.count("sweep smoke: trial") == 1  # trials 0 and 1 are in study.db already
+    board = json.loads((tmp_path / "sweeps/smoke/leaderboard.json").read_text())
+    assert sorted(row["trial"] for row in board) == [0, 1, 2]
+
+
+def test_bad_sweep_files_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: x\nbase: configs/smoke.yaml\nspace: {}\n")
+    proc = run_cli("sweep", "--sweep", empty, check=False)
+    assert proc.returncode == 2 and "empty space" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: configs/smoke.yaml\nspace: {train.lr: {low: 0.1}}\n")
+    proc = run_cli("sweep", "--sweep", bad, check=False)
+    assert proc.returncode == 2 and "space.train.lr needs" in proc.stderr
