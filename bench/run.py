@@ -1,30 +1,43 @@
-"""Speed of this project's Transformer against Hugging Face MarianMT, both at the same sizes.
+"""Speed of this project's Transformer against its strongest peers at the same sizes: Hugging
+Face MarianMT (training and decoding) and CTranslate2 (decoding our own weights, converted).
 
     python -m bench.run [--quick] [--out PATH.json]        (`make bench [BENCH_QUICK=1]`)
 
-Both models are built here with random weights: V=8000 joint BPE (pipeline.tokenizer, trained
-on the multi30k training split), d_model 256, 3+3 layers, 4 heads, FFN 1024, ReLU, tied
-embeddings, the same dropout (TransformerConfig's defaults: 0.1 on embeddings and residual
-branches, none on attention weights or inside the FFN; the training recipe uses more, which
-costs both sides alike). Ours runs in its default pre-norm layout; MarianMT is post-norm and
-uses its SDPA attention. Both see the same batches and the same loss (label-smoothed
-cross-entropy, as TranslationModule.loss) and AdamW settings; no gradient clipping.
-Hugging Face is imported by this benchmark only, never by pipeline/.
+Both PyTorch models are built here with random weights: V=8000 joint BPE (pipeline.tokenizer,
+trained on the multi30k training split), d_model 256, 3+3 layers, 4 heads, FFN 1024, ReLU, tied
+embeddings. The bare rows use TransformerConfig's default dropout (0.1 on embeddings and
+residual branches, none on attention weights or inside the FFN); `train_recipe` uses the
+recipe's (configs/multi30k.yaml). Ours runs in its default pre-norm layout; MarianMT is
+post-norm and uses its SDPA attention. Both see the same batches and AdamW settings. Our loss is
+computed as TranslationModule computes it: the LM head fused into the label-smoothed
+cross-entropy (pipeline.loss.linear_cross_entropy on the final decoder states); Marian's is
+token_cross_entropy on its logits. Hugging Face and CTranslate2 are imported by this benchmark
+only, never by pipeline/ (except `export --format ctranslate2`, which the CTranslate2 rows use).
 
-Figures (each the median of several timed repeats after a warm-up; ours and Marian alternate
-within every repeat so that drifting background load hits both alike):
+Figures (each a median over timed repeats after a warm-up, with min and max beside it; the
+contestants alternate within every repeat so that drifting background load hits all alike):
   train_fp32, train_bf16  real (non-pad) source+target tokens/s of forward + label-smoothed
                           loss + backward + AdamW step on identical token-bucket batches of
                           about 64 sentences x 24 tokens; bf16 = torch.autocast(bfloat16).
-  epoch_real_tokens       the same step end to end over an epoch (DataLoader and collation
+  train_recipe            the same step with the recipe's settings: its dropouts (Marian gets the
+                          same), gradient clipping, AdamW as TranslationModule builds it (fused
+                          in fp32) and the precision the recipe trains in (precision null: the
+                          matmul probe pipeline.hardware.choose_precision picks).
+  epoch_real_tokens       the step end to end over an epoch (DataLoader and collation
                           included): ours with the TranslationDataModule's sampler
                           (TokenBucketSampler, max_tokens=4096) and collate, Marian with random
                           batches of 128 sentences padded to the batch maximum.
+  epoch_same_batches      Marian over the same epoch with OUR token-bucket batches (ours: the same
+                          runs as above): the model's share of the epoch gain, without batching.
   greedy, beam4           sentences/s decoding batches of 64 validation sentences. The weights
                           are random, so to compare equal work EOS is forbidden on both sides
                           and every hypothesis runs exactly max_new_tokens=30 steps: ours =
                           pipeline.decoding with the KV cache and EOS logits set to -inf,
                           Marian = generate(min_new_tokens=max_new_tokens=30, do_sample=False).
+  ct2_greedy, ct2_beam4,  the same batches decoded by CTranslate2 from our weights (exported by
+  ct2_int8_beam4          pipeline.export.export_ctranslate2), fp32 and int8 (compute_type at
+                          load), min_decoding_length = max_decoding_length = 30; our figure is
+                          our fp32 decoding (the same runs as greedy / beam4).
 Also recorded: padding efficiency (token buckets vs random batches), achieved GFLOP/s of the
 training step (analytic matmul FLOPs) against torch.mm peaks measured in this process, peak
 resident memory per phase and the resident-memory change across repeated epochs.
@@ -44,6 +57,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -52,18 +66,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+import yaml
+
 from pipeline.batching import Batch, TokenBucketSampler, collate, padding_efficiency
+from pipeline.checkpoints import Checkpoint
 from pipeline.data import load_split
 from pipeline.datamodule import TranslationDataModule
 from pipeline.decoding import DecodingConfig, generate, greedy_decode
-from pipeline.loss import token_cross_entropy
+from pipeline.export import export_ctranslate2, vocabulary
+from pipeline.hardware import ENV as PRECISION_ENV, choose_precision
+from pipeline.loss import linear_cross_entropy, token_cross_entropy
 from pipeline.model import Transformer, TransformerConfig
-from pipeline.tokenizer import BOS, EOS, PAD, train_tokenizer
+from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, train_tokenizer
 
-FIGURES = ("train_fp32", "train_bf16", "epoch_real_tokens", "greedy", "beam4")
-UNITS = {"train_fp32": "real tokens/s", "train_bf16": "real tokens/s", "epoch_real_tokens": "real tokens/s",
-         "greedy": "sentences/s", "beam4": "sentences/s"}
-# Issue targets: ours / Marian for the rows, an absolute value for padding efficiency.
+# Each row compares ours with one peer: MarianMT (training and decoding) or CTranslate2 (decoding).
+PEERS = {"train_fp32": "marian", "train_bf16": "marian", "train_recipe": "marian", "epoch_real_tokens": "marian",
+         "epoch_same_batches": "marian", "greedy": "marian", "beam4": "marian", "ct2_greedy": "ctranslate2",
+         "ct2_beam4": "ctranslate2", "ct2_int8_beam4": "ctranslate2"}
+FIGURES = tuple(PEERS)
+UNITS = {f: "real tokens/s" if f.startswith(("train", "epoch")) else "sentences/s" for f in FIGURES}
+# Issue targets: ours / peer for the rows that have one, an absolute value for padding efficiency.
 TARGETS = {"train_fp32": 1.0, "train_bf16": 1.5, "epoch_real_tokens": 1.5, "greedy": 2.0, "beam4": 2.0,
            "padding_efficiency": 0.95}
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +104,7 @@ class Settings:
     layers: int = 3  # encoder and decoder each
     d_ff: int = 1024
     dropout: float = 0.1  # TransformerConfig defaults: attention and activation dropout 0
+    recipe: str = "configs/multi30k.yaml"  # train_recipe: its dropouts, clipping, precision, label smoothing
     label_smoothing: float = 0.1
     lr: float = 1e-4  # AdamW, betas (0.9, 0.98), eps 1e-9, no weight decay (as module.py)
     train_batch_sentences: int = 64
@@ -98,6 +121,7 @@ class Settings:
     matmul_size: int = 2048
     sanity_rows: int | None = None  # rows per decode batch checked cached == uncached; None: all
     threads: int = 0  # 0: torch's default
+    ct2_threads: int = 0  # CTranslate2 intra_threads (inter_threads 1); 0: as many as torch uses
     seed: int = 0
 
 
@@ -134,27 +158,55 @@ def marian_model(cfg: TransformerConfig):
     return MarianMTModel(mc)
 
 
-def ours_logits(model, b: Batch) -> torch.Tensor:
-    return model(b.src, b.tgt_in)
+def recipe_settings(s: Settings) -> dict:
+    """What the recipe config trains with, beside the sizes (the bench's own, so --tiny stays tiny):
+    dropouts and layout, label smoothing, gradient clipping and precision (null: probed here)."""
+    config = yaml.safe_load((ROOT / s.recipe).read_text(encoding="utf-8"))
+    model, train, trainer = config.get("model") or {}, config.get("train") or {}, config.get("trainer") or {}
+    layout = {k: model[k] for k in ("dropout", "attention_dropout", "activation_dropout", "pre_norm", "tie_embeddings")
+              if k in model}
+    precision, reason = trainer.get("precision"), "set in the recipe"
+    if precision is None:  # as `fit` does (cli.py); the probe's environment variable must not leak
+        saved = os.environ.pop(PRECISION_ENV, None)
+        try:
+            precision, reason = choose_precision("cpu")
+        finally:
+            os.environ.pop(PRECISION_ENV, None)
+            if saved is not None:
+                os.environ[PRECISION_ENV] = saved
+    return {"path": s.recipe, "model": layout, "label_smoothing": train.get("label_smoothing", s.label_smoothing),
+            "gradient_clip_val": trainer.get("gradient_clip_val"), "precision": str(precision),
+            "precision_reason": reason}
 
 
-def marian_logits(model, b: Batch) -> torch.Tensor:
-    return model(input_ids=b.src, attention_mask=b.src != PAD, decoder_input_ids=b.tgt_in,
-                 decoder_attention_mask=b.tgt_in != PAD, use_cache=False).logits
+def ours_loss(model: Transformer, b: Batch, label_smoothing: float) -> torch.Tensor:
+    """As TranslationModule.loss: the LM head fused into the loss, on the real target positions."""
+    hidden = model(b.src, b.tgt_in, project=False)
+    return linear_cross_entropy(hidden, model.lm_head.weight, b.tgt_out, label_smoothing)
+
+
+def marian_loss(model, b: Batch, label_smoothing: float) -> torch.Tensor:
+    logits = model(input_ids=b.src, attention_mask=b.src != PAD, decoder_input_ids=b.tgt_in,
+                   decoder_attention_mask=b.tgt_in != PAD, use_cache=False).logits
+    return token_cross_entropy(logits, b.tgt_out, label_smoothing)
 
 
 class Side:
-    """One contestant: a model, how to get its training logits, its optimiser."""
+    """One contestant: a model, its training loss, its optimiser (and gradient clipping)."""
 
-    def __init__(self, name: str, model, logits_fn, lr: float):
-        self.name, self.model, self.logits_fn = name, model, logits_fn
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
+    def __init__(self, name: str, model, loss_fn, lr: float, fused: bool = False, clip: float | None = None):
+        self.name, self.model, self.loss_fn, self.clip = name, model, loss_fn, clip
+        params = [p for p in model.parameters() if p.requires_grad]
+        kind = {"fused": True} if fused else {}  # fused: as TranslationModule in fp32
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, **kind)
 
     def train_step(self, batch: Batch, bf16: bool, label_smoothing: float) -> None:
-        """Forward, loss (as TranslationModule.loss), backward, optimiser step."""
+        """Forward, loss, backward, (clipping,) optimiser step."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = token_cross_entropy(self.logits_fn(self.model, batch), batch.tgt_out, label_smoothing)
+            loss = self.loss_fn(self.model, batch, label_smoothing)
         loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -181,6 +233,31 @@ class FixedLength:
 def marian_generate(model, src: torch.Tensor, beams: int, n: int) -> torch.Tensor:
     return model.generate(input_ids=src, attention_mask=src != PAD, num_beams=beams, do_sample=False,
                           max_new_tokens=n, min_new_tokens=n, length_penalty=1.0, use_cache=True)
+
+
+def ct2_translators(model: Transformer, tokenizer, threads: int) -> dict:
+    """Our model converted by pipeline.export.export_ctranslate2 and loaded by CTranslate2, in
+    fp32 and int8 (quantized at load, compute_type="int8"), each on `threads` threads."""
+    import ctranslate2
+
+    checkpoint = Checkpoint(model=model, tokenizer=tokenizer, languages=("de", "en"), decoding=DecodingConfig(),
+                            hparams={}, path=Path("bench"))
+    with tempfile.TemporaryDirectory() as tmp:  # the translators hold the model in memory once loaded
+        export_ctranslate2(checkpoint, tmp, overwrite=True)
+        return {compute: ctranslate2.Translator(tmp, device="cpu", compute_type=compute, inter_threads=1,
+                                                intra_threads=threads) for compute in ("float32", "int8")}
+
+
+def ct2_tokens(src: torch.Tensor, vocab: list[str]) -> list[list[str]]:
+    """(B, S) ids + EOS -> CTranslate2's input: token strings without EOS and padding (it appends EOS)."""
+    return [[vocab[i] for i in row if i not in (PAD, EOS)] for row in src.tolist()]
+
+
+def ct2_generate(translator, tokens: list[list[str]], beams: int, n: int) -> list:
+    """Exactly n tokens per hypothesis (EOS disabled before n), PAD and BOS ruled out as ours does."""
+    return translator.translate_batch(tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0,
+                                      min_decoding_length=n, max_decoding_length=n, max_batch_size=0,
+                                      suppress_sequences=[[SPECIAL_TOKENS[PAD]], [SPECIAL_TOKENS[BOS]]])
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -272,15 +349,21 @@ def decode_batches(dm: TranslationDataModule, s: Settings) -> list[torch.Tensor]
             if (k + 1) * n <= len(ds)]
 
 
-def epoch_loaders(dm: TranslationDataModule, s: Settings, repeat: int):
-    """(ours, Marian) loaders over the epoch-equivalent: token buckets vs random fixed-size batches.
-    Ours uses the datamodule's sampler and collation, as `python -m pipeline fit` does."""
-    sampler = dm.sampler("train", s.bucket_max_tokens, shuffle=True)
-    sampler.set_epoch(repeat)
-    ours = DataLoader(dm.splits["train"], batch_sampler=sampler, collate_fn=collate)
+EPOCH_RUNS = {"ours": "ours", "marian": "marian", "marian_same_batches": "marian"}  # loader -> side
+
+
+def epoch_loaders(dm: TranslationDataModule, s: Settings, repeat: int) -> dict[str, DataLoader]:
+    """Loaders over the epoch-equivalent, one per EPOCH_RUNS entry: ours with token buckets (the
+    datamodule's sampler and collation, as `python -m pipeline fit` does), Marian with random
+    fixed-size batches, and Marian with the very same token-bucket batches as ours."""
+    def buckets():
+        sampler = dm.sampler("train", s.bucket_max_tokens, shuffle=True)
+        sampler.set_epoch(repeat)  # deterministic: both samplers give the same batches in the same order
+        return DataLoader(dm.splits["train"], batch_sampler=sampler, collate_fn=collate)
+
     marian = DataLoader(dm.splits["train"], batch_size=s.marian_batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(s.seed + repeat))
-    return ours, marian
+    return {"ours": buckets(), "marian": marian, "marian_same_batches": buckets()}
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -322,8 +405,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def row(figure: str, ours: float, marian: float) -> dict:
-    return {"figure": figure, "unit": UNITS[figure], "ours": ours, "marian": marian, "ratio": ours / marian}
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def rates(work: float, seconds: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Work per second of every repeat."""
+    return {name: [work / t for t in times] for name, times in seconds.items()}
+
+
+def row(figure: str, ours: list[float], peer: list[float]) -> dict:
+    """A figure: ours and the peer's median over the repeats (min and max under `spread`), ratio
+    of the medians."""
+    name = PEERS[figure]
+    o, p = statistics.median(ours), statistics.median(peer)
+    return {"figure": figure, "unit": UNITS[figure], "peer": name, "ours": o, name: p, "ratio": o / p,
+            "repeats": len(ours), "spread": {"ours": spread(ours), name: spread(peer)}}
 
 
 def log(msg: str) -> None:
@@ -348,7 +445,7 @@ def run(s: Settings) -> dict:
     ours_model = Transformer(cfg)
     torch.manual_seed(s.seed)
     marian = marian_model(cfg)
-    sides = {"ours": Side("ours", ours_model, ours_logits, s.lr), "marian": Side("marian", marian, marian_logits, s.lr)}
+    sides = {"ours": Side("ours", ours_model, ours_loss, s.lr), "marian": Side("marian", marian, marian_loss, s.lr)}
     peak_mem["models"] = peak_rss_mb()
 
     log("torch.mm peaks")
@@ -357,29 +454,56 @@ def run(s: Settings) -> dict:
     rows, gflops = {}, {}
     tokens = sum(real_tokens(b) for b in batches)
     flops = sum(train_flops(cfg, b) for b in batches)
+
+    def train_pass(side: Side, bf16: bool, label_smoothing: float):
+        return lambda: [side.train_step(b, bf16, label_smoothing) for b in batches]
+
     for figure, bf16 in (("train_fp32", False), ("train_bf16", True)):
         log(f"{figure}: {len(batches)} batches of ~{s.train_batch_sentences} sentences, {s.repeats} repeats")
         for side in sides.values():
             side.model.train()
-
-        def pass_fn(side, bf16=bf16):
-            return lambda: [side.train_step(b, bf16, s.label_smoothing) for b in batches]
-        times = interleaved({name: pass_fn(side) for name, side in sides.items()}, s.repeats)
-        med = {name: statistics.median(t) for name, t in times.items()}
-        rows[figure] = row(figure, tokens / med["ours"], tokens / med["marian"])
+        times = interleaved({name: train_pass(side, bf16, s.label_smoothing) for name, side in sides.items()},
+                            s.repeats)
+        r = rates(tokens, times)
+        rows[figure] = row(figure, r["ours"], r["marian"])
         precision = "bf16" if bf16 else "fp32"
         for name in sides:  # Marian runs the same matmuls (plus a final-logits bias)
-            gflops[f"{name}_{precision}"] = flops / med[name] / 1e9
+            gflops[f"{name}_{precision}"] = flops / statistics.median(times[name]) / 1e9
         gflops[f"ours_{precision}_fraction_of_peak"] = gflops[f"ours_{precision}"] / peak[precision]
     peak_mem["train"] = peak_rss_mb()
 
+    recipe = recipe_settings(s)
+    recipe_cfg = replace(cfg, **recipe["model"])
+    recipe_bf16 = "bf16" in recipe["precision"]
+    log(f"train_recipe: {s.recipe} settings {recipe['model']}, clip {recipe['gradient_clip_val']}, "
+        f"precision {recipe['precision']} ({recipe['precision_reason']})")
+    torch.manual_seed(s.seed)
+    ours_recipe = Transformer(recipe_cfg).train()
+    torch.manual_seed(s.seed)
+    marian_recipe = marian_model(recipe_cfg).train()
+    # AdamW as TranslationModule.configure_optimizers builds it: fused unless mixed precision.
+    recipe_sides = {name: Side(name, model, loss, s.lr, fused=not recipe_bf16, clip=recipe["gradient_clip_val"])
+                    for name, model, loss in (("ours", ours_recipe, ours_loss), ("marian", marian_recipe, marian_loss))}
+    times = interleaved({name: train_pass(side, recipe_bf16, recipe["label_smoothing"])
+                         for name, side in recipe_sides.items()}, s.repeats)
+    r = rates(tokens, times)
+    rows["train_recipe"] = row("train_recipe", r["ours"], r["marian"])
+    del recipe_sides, ours_recipe, marian_recipe
+    peak_mem["train_recipe"] = peak_rss_mb()
+
+    ct2_threads = s.ct2_threads or torch.get_num_threads()
     log(f"decoding: {len(sources)} batches of {s.decode_batch} validation sentences, "
-        f"{s.max_new_tokens} new tokens each")
+        f"{s.max_new_tokens} new tokens each; CTranslate2 on {ct2_threads} threads")
     for side in sides.values():
         side.model.eval()
     fixed = FixedLength(ours_model)
-    cache_equal = []  # sanity: the cache changes nothing, both sides make the same number of tokens
-    for src in sources:
+    ct2 = ct2_translators(ours_model, dm.tokenizer, ct2_threads)
+    # The exported token list: CTranslate2's token i is our id i.
+    vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
+    token_id = {t: i for i, t in enumerate(vocab)}
+    ct2_sources = [ct2_tokens(src, vocab) for src in sources]
+    cache_equal, ct2_equal = [], []  # sanity: the cache changes nothing, every side makes the same number of tokens
+    for src, toks in zip(sources, ct2_sources):
         head = src[: s.sanity_rows]  # uncached decoding is slow (it reruns the whole prefix each step)
         cached = greedy_decode(fixed, head, s.max_new_tokens)
         cache_equal.append(torch.equal(cached, greedy_decode(fixed, head, s.max_new_tokens, use_cache=False)))
@@ -387,25 +511,46 @@ def run(s: Settings) -> dict:
             raise AssertionError(f"ours made {cached.size(1)} tokens, not {s.max_new_tokens}")
         if marian_generate(marian, src, 1, s.max_new_tokens).size(1) != s.max_new_tokens + 1:  # + start token
             raise AssertionError(f"Marian did not make exactly {s.max_new_tokens} tokens")
+        for compute, translator in ct2.items():
+            for beams in (1, 4):
+                lengths = {len(r.hypotheses[0]) for r in ct2_generate(translator, toks[: s.sanity_rows], beams,
+                                                                      s.max_new_tokens)}
+                if lengths != {s.max_new_tokens}:
+                    raise AssertionError(f"CTranslate2 ({compute}, beam {beams}) made {lengths} tokens, "
+                                         f"not {s.max_new_tokens}")
+        theirs = ct2_generate(ct2["float32"], toks[: s.sanity_rows], 1, s.max_new_tokens)
+        ct2_equal += [[token_id[t] for t in r.hypotheses[0]] == row_ids
+                      for r, row_ids in zip(theirs, cached.tolist())]
     n_sentences = sum(src.size(0) for src in sources)
     # Through the one decoding entry point, as evaluate/translate use it: ratio 0 + extra n = n new tokens.
     fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
-    decoders = {
-        "greedy": {"ours": lambda: [generate(fixed, src, fixed_n, beam=1) for src in sources],
-                   "marian": lambda: [marian_generate(marian, src, 1, s.max_new_tokens) for src in sources]},
-        "beam4": {"ours": lambda: [generate(fixed, src, fixed_n, beam=4) for src in sources],
-                  "marian": lambda: [marian_generate(marian, src, 4, s.max_new_tokens) for src in sources]},
-    }
-    for figure, fns in decoders.items():
-        times = interleaved(fns, s.repeats)
-        rows[figure] = row(figure, n_sentences / statistics.median(times["ours"]),
-                           n_sentences / statistics.median(times["marian"]))
+    n = s.max_new_tokens
+
+    def ours_fn(beams):
+        return lambda: [generate(fixed, src, fixed_n, beam=beams) for src in sources]
+
+    def marian_fn(beams):
+        return lambda: [marian_generate(marian, src, beams, n) for src in sources]
+
+    def ct2_fn(translator, beams):
+        return lambda: [ct2_generate(translator, toks, beams, n) for toks in ct2_sources]
+
+    greedy = rates(n_sentences, interleaved({"ours": ours_fn(1), "marian": marian_fn(1),
+                                             "ct2": ct2_fn(ct2["float32"], 1)}, s.repeats))
+    rows["greedy"] = row("greedy", greedy["ours"], greedy["marian"])
+    rows["ct2_greedy"] = row("ct2_greedy", greedy["ours"], greedy["ct2"])
+    beam = rates(n_sentences, interleaved({"ours": ours_fn(4), "marian": marian_fn(4), "ct2": ct2_fn(ct2["float32"], 4),
+                                           "ct2_int8": ct2_fn(ct2["int8"], 4)}, s.repeats))
+    rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
+    rows["ct2_beam4"] = row("ct2_beam4", beam["ours"], beam["ct2"])
+    rows["ct2_int8_beam4"] = row("ct2_int8_beam4", beam["ours"], beam["ct2_int8"])
+    del ct2
     peak_mem["decode"] = peak_rss_mb()
 
     if s.epoch_pairs:
         dm.splits["train"] = dm.splits["train"].select(range(min(s.epoch_pairs, len(dm.splits["train"]))))
     n_pairs = len(dm.splits["train"])
-    log(f"epoch_real_tokens: {n_pairs} pairs, {s.epoch_repeats} repeats")
+    log(f"epoch_real_tokens, epoch_same_batches: {n_pairs} pairs, {s.epoch_repeats} repeats")
     for side in sides.values():
         side.model.train()
 
@@ -418,17 +563,17 @@ def run(s: Settings) -> dict:
             n += real_tokens(b)
         return n
 
-    for name, loader in zip(sides, epoch_loaders(dm, s, -1)):
-        epoch(sides[name], loader, limit=1)  # warm-up
-    epoch_rates, epoch_rss = {name: [] for name in sides}, {name: [] for name in sides}
+    for name, loader in epoch_loaders(dm, s, -1).items():
+        epoch(sides[EPOCH_RUNS[name]], loader, limit=1)  # warm-up
+    epoch_rates, epoch_rss = {name: [] for name in EPOCH_RUNS}, {name: [] for name in EPOCH_RUNS}
     for r in range(s.epoch_repeats):
-        for name, loader in zip(sides, epoch_loaders(dm, s, r)):
+        for name, loader in epoch_loaders(dm, s, r).items():
             start = time.perf_counter()
-            n = epoch(sides[name], loader)
+            n = epoch(sides[EPOCH_RUNS[name]], loader)
             epoch_rates[name].append(n / (time.perf_counter() - start))
             epoch_rss[name].append(rss_mb())
-    rows["epoch_real_tokens"] = row("epoch_real_tokens", statistics.median(epoch_rates["ours"]),
-                                    statistics.median(epoch_rates["marian"]))
+    rows["epoch_real_tokens"] = row("epoch_real_tokens", epoch_rates["ours"], epoch_rates["marian"])
+    rows["epoch_same_batches"] = row("epoch_same_batches", epoch_rates["ours"], epoch_rates["marian_same_batches"])
     peak_mem["epoch"] = peak_rss_mb()
 
     commit, dirty = git_commit()
@@ -443,6 +588,8 @@ def run(s: Settings) -> dict:
         "settings": {**asdict(s), "model": {"ours": {**cfg.to_dict(), "layout": "pre-norm"},
                                             "marian": {"layout": "post-norm",
                                                        "attn_implementation": marian.config._attn_implementation}},
+                     "recipe": recipe, "ctranslate2": {"version": ctranslate2_version(), "intra_threads": ct2_threads,
+                                                       "inter_threads": 1, "compute_types": ["float32", "int8"]},
                      "parameters": n_params, "train_batch_shapes": [list(b.src.shape) + [b.tgt_in.size(1)]
                                                                     for b in batches],
                      "train_batch_real_tokens": tokens, "epoch_pairs_used": n_pairs,
@@ -457,20 +604,33 @@ def run(s: Settings) -> dict:
                                        for name, v in epoch_rss.items()},
         "sanity": {"greedy_cache_equals_no_cache": all(cache_equal), "batches_checked": len(cache_equal),
                    "rows_checked_per_batch": s.sanity_rows or s.decode_batch,
-                   "new_tokens_per_hypothesis": s.max_new_tokens},
+                   "new_tokens_per_hypothesis": s.max_new_tokens,
+                   "ct2_greedy_rows_equal_ours": sum(ct2_equal) / len(ct2_equal)},
         "targets": TARGETS,
         "seconds": time.perf_counter() - started,
         "rows": [rows[f] for f in FIGURES],
     }
 
 
+def ctranslate2_version() -> str:
+    import ctranslate2
+
+    return ctranslate2.__version__
+
+
 def table(result: dict) -> str:
-    lines = [f"{'figure':<18} {'unit':<14} {'ours':>10} {'marian':>10} {'ratio':>7} {'target':>7}"]
+    lines = [f"{'figure':<19} {'unit':<14} {'ours':>10} {'peer':<12} {'peer value':>10} {'ratio':>7} "
+             f"{'min-max ratio':>14} {'target':>7}"]
     for r in result["rows"]:
-        target = result["targets"][r["figure"]]
-        ok = "ok" if r["ratio"] >= target else "below"
-        lines.append(f"{r['figure']:<18} {r['unit']:<14} {r['ours']:>10.1f} {r['marian']:>10.1f} "
-                     f"{r['ratio']:>6.2f}x {target:>6.1f}x {ok}")
+        peer, sp = r["peer"], r["spread"]
+        worst, best = sp["ours"]["min"] / sp[peer]["max"], sp["ours"]["max"] / sp[peer]["min"]
+        target = result["targets"].get(r["figure"])
+        verdict = "" if target is None else f"{target:>6.1f}x {'ok' if r['ratio'] >= target else 'below'}"
+        lines.append(f"{r['figure']:<19} {r['unit']:<14} {r['ours']:>10.1f} {peer:<12} {r[peer]:>10.1f} "
+                     f"{r['ratio']:>6.2f}x {worst:>6.2f}-{best:<6.2f} {verdict}")
+    recipe = result["settings"]["recipe"]
+    lines.append(f"train_recipe: {recipe['path']} {recipe['model']}, clip {recipe['gradient_clip_val']}, precision "
+                 f"{recipe['precision']} ({recipe['precision_reason']}); epoch_same_batches: Marian on our batches")
     pe = result["padding_efficiency"]
     lines.append(f"padding efficiency: ours (token buckets) {pe['ours']:.3f}, random batches {pe['marian']:.3f} "
                  f"(target {result['targets']['padding_efficiency']})")
@@ -482,6 +642,9 @@ def table(result: dict) -> str:
     growth = result["memory_growth_mb_per_epoch"]
     lines.append(f"peak RSS {max(result['peak_rss_mb'].values()):.0f} MB; RSS change per repeated epoch: "
                  + ", ".join(f"{k} {v:+.1f} MB" if v is not None else f"{k} n/a" for k, v in growth.items()))
+    ct2 = result["settings"]["ctranslate2"]
+    lines.append(f"CTranslate2 {ct2['version']} on {ct2['intra_threads']} threads; its greedy tokens equal ours on "
+                 f"{result['sanity']['ct2_greedy_rows_equal_ours']:.0%} of the rows checked")
     lines.append(f"{result['threads']} threads, {result['cpu']}, torch {result['torch']}, commit {result['commit']}, "
                  f"load average at start {result['loadavg_1min_at_start']}, {result['seconds']:.0f} s")
     return "\n".join(lines)
@@ -495,11 +658,15 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--out", help="JSON path (default bench/results/<date>-<commit>.json)")
     p.add_argument("--data", default=Settings.data, help="dataset directory (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--recipe", default=Settings.recipe,
+                   help="config whose training settings train_recipe times (default %(default)s)")
+    p.add_argument("--ct2-threads", type=int, default=0,
+                   help="CTranslate2 intra_threads (default: as many as torch uses)")
     p.add_argument("--repeats", type=int, help="timed repeats of the train and decode figures (default 5, quick 3)")
     p.add_argument("--epoch-repeats", type=int, help="timed epochs per side (default 3, quick 2)")
     p.add_argument("--epoch-pairs", type=int, help="training pairs in the epoch-equivalent (default all, quick 512)")
     args = p.parse_args(argv)
-    s = Settings(data=args.data, threads=args.threads)
+    s = Settings(data=args.data, recipe=args.recipe, threads=args.threads, ct2_threads=args.ct2_threads)
     if args.quick:
         s = replace(s, **QUICK)
     if args.tiny:

@@ -243,7 +243,7 @@ COMMANDS: dict[str, Command] = {
     "translate": Command("translate stdin (one sentence a line) or --text", translate),
     "average": Command("average the weights of several checkpoints", average),
     "attention": Command("attention heatmaps (PNG) of a checkpoint on one sentence", attention),
-    "export": Command("write a checkpoint as a Hugging Face MarianMT directory", export),
+    "export": Command("write a checkpoint as a MarianMT (transformers) or CTranslate2 model directory", export),
     "serve": Command("serve a checkpoint: HTTP API and a web page with live attention", serve),
 }
 

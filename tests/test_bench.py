@@ -1,18 +1,22 @@
-"""The speed benchmark (`make bench`): its JSON in a toy run, its FLOP count, its decoding protocol,
-and the decoders' habit of dropping finished rows from the batch (a speed change it measures)."""
+"""The speed benchmark (`make bench`): its JSON in a toy run, its rows and spreads, the recipe
+settings it times, its FLOP count, its decoding protocol, the profile script, and the decoders'
+habit of dropping finished rows from the batch (a speed change it measures)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import profile as bench_profile
 from bench import run as bench
-from helpers import make_model
+from helpers import ROOT, make_model
 from pipeline.batching import Batch
 from pipeline.decoding import beam_search, greedy_decode
 from pipeline.tokenizer import BOS, EOS, PAD, UNK
@@ -29,13 +33,41 @@ def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
     assert result["torch"] == torch.__version__
     assert isinstance(result["threads"], int) and result["threads"] >= 1
     assert result["settings"]["vocab_size"] == bench.TINY["vocab_size"]
-    assert [r["figure"] for r in result["rows"]] == ["train_fp32", "train_bf16", "epoch_real_tokens", "greedy", "beam4"]
+    assert [r["figure"] for r in result["rows"]] == [
+        "train_fp32", "train_bf16", "train_recipe", "epoch_real_tokens", "epoch_same_batches", "greedy", "beam4",
+        "ct2_greedy", "ct2_beam4", "ct2_int8_beam4"]
+    rows = {r["figure"]: r for r in result["rows"]}
     for r in result["rows"]:
-        assert set(r) == {"figure", "unit", "ours", "marian", "ratio"}
+        peer = "ctranslate2" if r["figure"].startswith("ct2_") else "marian"
+        assert r["peer"] == peer
+        assert set(r) == {"figure", "unit", "peer", "ours", peer, "ratio", "repeats", "spread"}
         assert r["unit"] in ("real tokens/s", "sentences/s")
-        for key in ("ours", "marian", "ratio"):
+        for key in ("ours", peer, "ratio"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["figure"], key)
-        assert r["ratio"] == pytest.approx(r["ours"] / r["marian"])
+        assert r["ratio"] == pytest.approx(r["ours"] / r[peer])
+        repeats = result["settings"]["epoch_repeats" if r["figure"].startswith("epoch") else "repeats"]
+        assert r["repeats"] == repeats
+        for name in ("ours", peer):  # min <= median <= max over the repeats; the row shows the median
+            spread = r["spread"][name]
+            assert 0 < spread["min"] <= spread["median"] <= spread["max"], (r["figure"], name)
+            assert spread["median"] == r[name]
+    # epoch_same_batches and the CTranslate2 rows compare with the same runs of ours as their neighbours.
+    assert rows["epoch_same_batches"]["spread"]["ours"] == rows["epoch_real_tokens"]["spread"]["ours"]
+    assert rows["ct2_greedy"]["spread"]["ours"] == rows["greedy"]["spread"]["ours"]
+    assert rows["ct2_beam4"]["spread"]["ours"] == rows["ct2_int8_beam4"]["spread"]["ours"] \
+        == rows["beam4"]["spread"]["ours"]
+    assert rows["epoch_same_batches"]["spread"]["marian"] != rows["epoch_real_tokens"]["spread"]["marian"]
+
+    recipe = yaml.safe_load((ROOT / "configs" / "multi30k.yaml").read_text(encoding="utf-8"))
+    timed = result["settings"]["recipe"]
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        assert timed["model"][key] == recipe["model"][key]
+    assert timed["gradient_clip_val"] == recipe["trainer"].get("gradient_clip_val")
+    assert timed["precision"] in ("32-true", "bf16-mixed")
+    if recipe["trainer"].get("precision") is not None:
+        assert timed["precision"] == recipe["trainer"]["precision"]
+    ct2 = result["settings"]["ctranslate2"]
+    assert ct2["inter_threads"] == 1 and ct2["intra_threads"] == result["threads"]
     for name in ("ours", "marian"):
         assert 0 < result["padding_efficiency"][name] <= 1
     assert result["padding_efficiency"]["ours"] > result["padding_efficiency"]["marian"]
@@ -44,6 +76,64 @@ def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
         assert result["train_gflops"][f"ours_{precision}"] > 0
     assert all(v > 0 for v in result["peak_rss_mb"].values())
     assert result["sanity"]["greedy_cache_equals_no_cache"] is True and result["sanity"]["batches_checked"] > 0
+    # Our weights, converted, decode alike in CTranslate2 (random weights: a rare near-tie may differ).
+    assert result["sanity"]["ct2_greedy_rows_equal_ours"] >= 0.75
+
+
+def test_rows_report_the_median_and_the_spread():
+    r = bench.row("ct2_beam4", [3.0, 1.0, 2.0], [4.0, 4.0, 8.0])
+    assert (r["ours"], r["ctranslate2"], r["ratio"], r["repeats"]) == (2.0, 4.0, 0.5, 3)
+    assert r["spread"] == {"ours": {"min": 1.0, "median": 2.0, "max": 3.0},
+                           "ctranslate2": {"min": 4.0, "median": 4.0, "max": 8.0}}
+    assert bench.rates(6.0, {"ours": [2.0, 3.0]}) == {"ours": [3.0, 2.0]}
+
+
+def test_recipe_precision_null_is_probed_without_leaking_the_choice(tmp_path, monkeypatch):
+    """precision null in the recipe: the bench times what `fit` would pick on this machine, and
+    leaves no PIPELINE_PRECISION behind for later processes (fit's DDP hand-over variable)."""
+    config = yaml.safe_load((ROOT / "configs" / "multi30k.yaml").read_text(encoding="utf-8"))
+    config["trainer"]["precision"] = None
+    config["trainer"]["gradient_clip_val"] = 0.5
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    monkeypatch.delenv("PIPELINE_PRECISION", raising=False)
+    settings = bench.recipe_settings(bench.Settings(recipe=str(path)))
+    assert settings["precision"] in ("32-true", "bf16-mixed") and "GFLOP/s" in settings["precision_reason"]
+    assert settings["gradient_clip_val"] == 0.5 and settings["model"]["dropout"] == config["model"]["dropout"]
+    assert "PIPELINE_PRECISION" not in os.environ
+
+
+def test_ours_trains_with_the_fused_loss_of_the_training_module():
+    """The bench's loss for ours is TranslationModule's (LM head fused into the loss): the same
+    value and gradients as the plain cross-entropy on the logits."""
+    model = make_model(0).train()
+    src = torch.randint(4, model.cfg.vocab_size, (3, 7))
+    tgt = torch.randint(4, model.cfg.vocab_size, (3, 6))
+    tgt[1, 4:] = PAD
+    batch = Batch(src, tgt, tgt, torch.arange(3))
+    torch.manual_seed(1)
+    fused = bench.ours_loss(model, batch, 0.1)
+    fused.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.manual_seed(1)
+    plain = bench.token_cross_entropy(model(src, tgt), tgt, 0.1)
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_profile_writes_both_tables(tmp_path, multi30k_dir):
+    out = bench_profile.main(["--tiny", "--data", str(multi30k_dir), "--out", str(tmp_path / "profile.txt")])
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("bench.profile: commit ")
+    assert "torch " + torch.__version__ in text and "precision " in text
+    train, decode = text.split("== one training step")[1].split("== one beam-4 decode")
+    for table in (train, decode):
+        assert "Self CPU" in table
+        assert 5 <= sum(line.strip().startswith("aten::") for line in table.splitlines()) <= bench_profile.ROWS
+    assert "backward" in train.lower() and "backward" not in decode.lower()  # a training step, then inference
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])

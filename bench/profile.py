@@ -1,0 +1,115 @@
+"""Where the time goes: torch.profiler operator tables for one training step of the recipe model
+and one beam-4 decode of a 64-sentence batch.
+
+    python -m bench.profile [--out bench/results/<date>-<commit>-profile.txt] [--data DIR] [--threads N]
+
+The model and data are the benchmark's (bench/run.py): random weights at the recipe's sizes, a
+V=8000 BPE trained on the multi30k training split, one token-bucket batch of about 64 sentences
+x 24 tokens. The training step uses the recipe's settings (configs/multi30k.yaml: dropouts,
+label smoothing, gradient clipping, AdamW as TranslationModule builds it) in the precision the
+recipe trains in (precision null: what pipeline.hardware.choose_precision picks on this machine),
+with the loss as TranslationModule computes it. The decode is generate(beam=4) on 64 validation
+sentences with EOS forbidden, exactly 30 new tokens per hypothesis (as the benchmark's beam4).
+Each is run twice untimed first (warm-up), then once under the profiler; the tables list the
+top 25 operators by self CPU time. Like the benchmark, it only means something on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.run import (QUICK, ROOT, TINY, FixedLength, Settings, Side, cpu_name, decode_batches, git_commit,
+                       load_data, log, our_config, ours_loss, real_tokens, recipe_settings, train_batches)
+from pipeline.decoding import DecodingConfig, generate
+from pipeline.model import Transformer
+
+ROWS = 25
+
+
+def operator_table(fn, warmup: int = 2) -> tuple[str, float]:
+    """Top operators by self CPU time of one call of fn (after `warmup` calls), and its wall time
+    under the profiler."""
+    for _ in range(warmup):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=ROWS), seconds
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="text file (default bench/results/<date>-<commit>-profile.txt)")
+    p.add_argument("--data", default=Settings.data, help="dataset directory (default %(default)s)")
+    p.add_argument("--recipe", default=Settings.recipe, help="config whose training settings are used "
+                                                             "(default %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes, to check that it runs (numbers meaningless)")
+    args = p.parse_args(argv)
+    if not Path(args.data).exists():
+        raise SystemExit(f"data not found: {args.data} (pass --data DIR)")
+    # The benchmark's sizes; only the 10k-pair slice of --quick is tokenized (one batch is needed).
+    s = replace(Settings(data=args.data, recipe=args.recipe, threads=args.threads),
+                train_pairs=QUICK["train_pairs"], train_batches=1, decode_batches=1)
+    if args.tiny:
+        s = replace(s, **TINY)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    log(f"data from {s.data}")
+    dm = load_data(s)
+    batch, src = train_batches(dm, s)[0], decode_batches(dm, s)[0]
+    recipe = recipe_settings(s)
+    bf16 = "bf16" in recipe["precision"]
+    cfg = replace(our_config(s), **recipe["model"])
+    torch.manual_seed(s.seed)
+    model = Transformer(cfg).train()
+    side = Side("ours", model, ours_loss, s.lr, fused=not bf16, clip=recipe["gradient_clip_val"])
+
+    log(f"training step: batch {list(batch.src.shape)} -> {list(batch.tgt_in.shape)}, {recipe['precision']}")
+    train_table, train_seconds = operator_table(lambda: side.train_step(batch, bf16, recipe["label_smoothing"]))
+    model.eval()
+    fixed, n = FixedLength(model), s.max_new_tokens
+    config = DecodingConfig(max_len_ratio=0.0, max_len_extra=n)  # exactly n new tokens: EOS is forbidden
+    log(f"beam-4 decode: {src.size(0)} sentences x {n} tokens")
+    decode_table, decode_seconds = operator_table(lambda: generate(fixed, src, config, beam=4))
+
+    commit, dirty = git_commit()
+    commit += "-dirty" if dirty else ""
+    header = [
+        f"bench.profile: commit {commit}, {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"cpu {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"load average at start {load}" + (" (TINY sizes: numbers meaningless)" if args.tiny else ""),
+        f"model: {cfg.to_dict()}",
+        f"recipe {recipe['path']}: {recipe['model']}, label smoothing {recipe['label_smoothing']}, gradient clip "
+        f"{recipe['gradient_clip_val']}, precision {recipe['precision']} ({recipe['precision_reason']}), "
+        f"AdamW {'fused' if not bf16 else 'foreach'}",
+        f"training step: src {list(batch.src.shape)}, tgt {list(batch.tgt_in.shape)}, "
+        f"{real_tokens(batch)} real tokens; {train_seconds * 1e3:.1f} ms under the profiler",
+        f"beam-4 decode: {src.size(0)} sentences, src {list(src.shape)}, {n} new tokens per hypothesis (EOS "
+        f"forbidden); {decode_seconds * 1e3:.1f} ms under the profiler",
+    ]
+    text = "\n".join(header + ["", f"== one training step: top {ROWS} operators by self CPU time", train_table,
+                               "", f"== one beam-4 decode: top {ROWS} operators by self CPU time", decode_table, ""])
+    out = Path(args.out) if args.out else (
+        ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}-{commit}-profile.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    if load and load > 0.5:
+        print(f"WARNING: load average {load:.2f} at start: other processes were using the CPU", flush=True)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
