@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     log(f"beam-4 decode: {src.size(0)} sentences x {n} tokens")
     decode_table, decode_seconds = operator_table(lambda: generate(fixed, src, config, beam=4))
 
-    commit, dirty = git_commit()
-    commit += "-dirty" if dirty else ""
+    commit = git_commit()
     header = [
         f"bench.profile: commit {commit}, {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         f"cpu {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -52,10 +52,8 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +75,7 @@ from pipeline.export import export_ctranslate2, vocabulary
 from pipeline.hardware import ENV as PRECISION_ENV, choose_precision
 from pipeline.loss import linear_cross_entropy, token_cross_entropy
 from pipeline.model import Transformer, TransformerConfig
+from pipeline.provenance import cpu_name, git_commit
 from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, train_tokenizer
 
 # Each row compares ours with one peer: MarianMT (training and decoding) or CTranslate2 (decoding).
@@ -384,27 +383,6 @@ def padding_efficiencies(dm: TranslationDataModule, s: Settings) -> dict[str, fl
 
 
 # -- the benchmark ---------------------------------------------------------------------------
-def git_commit() -> tuple[str, bool]:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-        return head, dirty
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
@@ -576,11 +554,11 @@ def run(s: Settings) -> dict:
     rows["epoch_same_batches"] = row("epoch_same_batches", epoch_rates["ours"], epoch_rates["marian_same_batches"])
     peak_mem["epoch"] = peak_rss_mb()
 
-    commit, dirty = git_commit()
+    commit = git_commit()
     n_params = {"ours": sum(p.numel() for p in ours_model.parameters()),
                 "marian": sum(p.numel() for p in marian.parameters() if p.requires_grad)}
     return {
-        "commit": commit + ("-dirty" if dirty else ""),
+        "commit": commit,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),

@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from pipeline.server import git_commit
+from pipeline.provenance import cpu_name, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -291,16 +291,6 @@ def main(argv: list[str] | None = None) -> dict:
               "these timings are not valid for reporting", flush=True)
     print(f"wrote {out}")
     return result
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(result: dict) -> str:

@@ -15,7 +15,6 @@ Nothing is chosen on test: it is read after every choice is made.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from pipeline.checkpoints import average_checkpoints, load_checkpoint, read_checkpoint, save_checkpoint
 from pipeline.errors import UserError
 from pipeline.metrics import corpus_scores
+from pipeline.provenance import git_commit
 from pipeline.translator import Translator
 
 
@@ -42,19 +42,6 @@ class FinalConfig:
     beams: list[int] = field(default_factory=lambda: [1, 4, 5])
     length_penalties: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])
     max_average: int = 10
-
-
-def git_commit() -> str:
-    """Short commit of the working tree, '+dirty' when it has uncommitted changes; '' outside git."""
-    try:
-        root = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 def score(translator: Translator, pairs) -> dict:

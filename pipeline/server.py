@@ -30,7 +30,6 @@ import io
 import itertools
 import queue
 import socket
-import subprocess
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -38,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.provenance import git_commit
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_CHARS = 5000  # per sentence; longer is refused (413), a long but allowed one is cut at the token limit
@@ -196,19 +196,6 @@ class BatchWorker:
         if job.self_attention:
             out |= {"encoder_self": weights(maps.encoder_self), "decoder_self": weights(maps.decoder_self)}
         return out
-
-
-def git_commit() -> str:
-    """Short commit of the code being served ("-dirty" with uncommitted changes), or "unknown"."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 @functools.cache
