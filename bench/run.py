@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import resource
 import statistics
@@ -66,6 +65,7 @@ from torch.utils.data import DataLoader
 
 import yaml
 
+from bench.report import write_result
 from pipeline.batching import Batch, TokenBucketSampler, collate, padding_efficiency
 from pipeline.checkpoints import Checkpoint
 from pipeline.data import load_split
@@ -662,15 +662,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"data not found: {s.data} (pass --data DIR)")
     warnings.filterwarnings("ignore")
     result = run(s)
-    out = Path(args.out) if args.out else (
-        ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}-{result['commit']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(table(result))
-    if result["loadavg_1min_at_start"] and result["loadavg_1min_at_start"] > 0.5:
-        print(f"WARNING: load average {result['loadavg_1min_at_start']:.2f} at start: other processes were "
-              "using the CPU, these timings are not valid for reporting", flush=True)
-    print(f"wrote {out}")
+    write_result(result, args.out, "", table(result))
     return result
 
 

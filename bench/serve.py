@@ -41,6 +41,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.report import write_result
 from pipeline.provenance import cpu_name, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,15 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": TARGETS,
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out) if args.out else (
-        ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}-{commit}-serve.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(table(result))
-    if load is not None and load > 0.5:
-        print(f"WARNING: load average {load:.2f} at start: other processes were using the CPU, "
-              "these timings are not valid for reporting", flush=True)
-    print(f"wrote {out}")
+    write_result(result, args.out, "-serve", table(result))
     return result
 
 

@@ -65,31 +65,36 @@ def finalize(run: str) -> None:
 
 
 
-def evaluate(ckpt: str, data: str, out: str, split: str | None = None, beam: int | None = None,
-             length_penalty: float | None = None, batch_size: int = 128, max_tokens: int = 8192) -> None:
+def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str | None = None,
+             beam: int | None = None, length_penalty: float | None = None, batch_size: int = 128,
+             max_tokens: int = 8192) -> None:
     """Translate a dataset split and score it with sacreBLEU (BLEU, chrF); writes
     OUT/metrics.json and OUT/hypotheses.txt.
 
     Args:
         ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
-        data: dataset directory, hub id, or .jsonl file.
+        data: dataset directory, hub id, parallel text prefix (corpus/test for test.de + test.en), or a
+            .jsonl/.tsv/.csv/.parquet file or glob pattern.
         out: output directory for metrics.json and hypotheses.txt.
-        split: split name, e.g. test (not needed for a .jsonl file).
+        split: split name, e.g. test (not needed for a file, prefix or pattern).
+        name: dataset config name of a hub id (e.g. de-en for wmt/wmt14).
         beam: beam size (1 = greedy; default: the run's decoding.beam).
         length_penalty: beam length penalty (default: the run's decoding.length_penalty).
         batch_size: sentences per batch.
         max_tokens: source tokens per batch.
     """
-    from pipeline.data import load_split
+    from pipeline.data import load_split, single_split
     from pipeline.metrics import corpus_scores
     from pipeline.translator import Translator
 
-    if split is None and not data.endswith(".jsonl"):
-        raise UserError(f"--split is required for {data} (e.g. --split test)")
     translator = Translator.from_checkpoint(ckpt, beam=beam, length_penalty=length_penalty, device="auto",
                                             batch_size=batch_size, max_tokens=max_tokens)
     src_lang, tgt_lang = translator.languages
-    pairs = load_split(data, split, src_lang, tgt_lang)
+    if single_split(data, src_lang, tgt_lang):
+        split = None  # a file, prefix or pattern is its own split
+    elif split is None:
+        raise UserError(f"--split is required for {data} (e.g. --split test)")
+    pairs = load_split(data, split, src_lang, tgt_lang, name=name)
     start = time.perf_counter()
     hyps = translator.translate(pairs["src"])
     seconds = time.perf_counter() - start

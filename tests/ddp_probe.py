@@ -16,6 +16,12 @@ class RankProbe(Callback):
         self.out_dir = Path(out_dir)
         self.seen: dict[int, list[int]] = {}
 
+    def on_train_start(self, trainer, pl_module):
+        # The Arrow files each rank's training split is mapped from (the cache built once).
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        files = [f["filename"] for f in trainer.datamodule.splits["train"].cache_files]
+        (self.out_dir / f"cache-rank{trainer.global_rank}.json").write_text(json.dumps(files))
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.seen.setdefault(trainer.current_epoch, []).extend(batch.index.tolist())
 

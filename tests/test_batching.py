@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,3 +209,88 @@ def test_sort_keys_order_pairs_of_equal_length():
     sampler = TokenBucketSampler(lengths, 100, shuffle=False, sort_keys=keys)
     flat = [i for batch in sampler for i in batch]
     assert [keys[i] for i in flat] == sorted(keys)
+
+
+# --- numpy arrays, and the batches of before ---------------------------------------------------
+
+def reference_batches(lengths, max_tokens, shuffle=True, seed=0, num_replicas=1, epoch=0, sort_keys=None):
+    """The sampler's algorithm as it was written on Python lists (before numpy): the batches
+    must stay exactly these, so that runs compare with earlier ones batch for batch."""
+    sort_keys = sort_keys if sort_keys is not None else lengths
+    rng = random.Random(seed + epoch)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: (lengths[i], sort_keys[i]))
+    batches, current, longest = [], [], 0
+    for i in order:
+        if current and max(longest, lengths[i]) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, lengths[i])
+    if current:
+        batches.append(current)
+    while len(batches) % num_replicas:
+        largest = max(range(len(batches)), key=lambda b: len(batches[b]))
+        big = batches.pop(largest)
+        batches += [big[: len(big) // 2], big[len(big) // 2:]]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_numpy_arrays_give_the_batches_of_the_list_algorithm(shuffle, replicas):
+    rng = random.Random(replicas)
+    for trial in range(8):
+        n = rng.randint(replicas, 1500)
+        src, tgt = random_lengths(n, seed=trial, high=40), random_lengths(n, seed=trial + 100, high=40)
+        lengths, keys = [max(s, t) for s, t in zip(src, tgt)], list(zip(tgt, src))
+        max_tokens = rng.choice([64, 200, 2500])
+        for epoch in range(2):
+            expected = reference_batches(lengths, max_tokens, shuffle, 7, replicas, epoch, keys)
+            for arrays in ((lengths, keys), (np.array(lengths, np.int32), np.column_stack([tgt, src]).astype(np.int32)),
+                           (np.array(lengths), np.array(keys, dtype=np.int64))):
+                sampler = TokenBucketSampler(arrays[0], max_tokens, shuffle, 7, replicas, 0, sort_keys=arrays[1])
+                sampler.set_epoch(epoch)
+                assert sampler.batches() == expected
+    # without sort keys, and with keys that are not small integers (the lexsort path)
+    lengths = random_lengths(400, seed=9)
+    assert TokenBucketSampler(np.array(lengths), 100, seed=2).batches() == reference_batches(lengths, 100, seed=2)
+    keys = [random.Random(i).random() for i in range(400)]
+    assert TokenBucketSampler(np.array(lengths), 100, seed=2, sort_keys=np.array(keys)).batches() == \
+        reference_batches(lengths, 100, seed=2, sort_keys=keys)
+
+
+def test_numpy_sampler_ranks_resume_and_padding():
+    n = 5000
+    rng = np.random.default_rng(0)
+    src, tgt = rng.integers(2, 50, n).astype(np.int32), rng.integers(2, 50, n).astype(np.int32)
+    lengths, keys = np.maximum(src, tgt), np.column_stack([tgt, src])
+    per_rank = []
+    for rank in range(2):
+        sampler = TokenBucketSampler(lengths, 300, seed=1, num_replicas=2, rank=rank, sort_keys=keys)
+        sampler.set_epoch(3)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) and all(isinstance(i, int) for i in batches[0])
+        assert all(len(b) * int(lengths[b].max()) <= 300 for b in batches)
+        sampler.resume(epoch=3, batches_done=4)
+        assert list(sampler) == batches[4:]
+        per_rank.append(flat(batches))
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(n))
+    sampler = TokenBucketSampler(lengths, 300, seed=1, sort_keys=keys)
+    order, slices = sampler.plan()
+    assert isinstance(order, np.ndarray) and isinstance(slices, np.ndarray)  # no Python object per pair
+    assert sampler.plan() is sampler.plan()  # computed once per epoch
+    assert sampler.padding_efficiency(src + 1, tgt + 1) == pytest.approx(
+        padding_efficiency(sampler.batches(), src + 1, tgt + 1))
+
+
+def test_empty_and_rejected_inputs():
+    assert list(TokenBucketSampler(np.array([], dtype=np.int32), 10)) == []
+    with pytest.raises(ValueError, match="max_tokens"):
+        TokenBucketSampler(np.array([5, 80, 7]), max_tokens=64)
+    with pytest.raises(ValueError, match="sort keys"):
+        TokenBucketSampler([5, 6], 64, sort_keys=[1, 2, 3])

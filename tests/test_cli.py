@@ -242,3 +242,19 @@ def test_deprecated_spellings_still_work(smoke_run, tmp_path):
     assert config["model"]["d_model"] == 32 and "lr" not in config["model"]
     assert config["train"]["lr"] == 0.002 and config["train"]["warmup_steps"] == 7
     assert config["decoding"]["beam"] == 2
+
+
+def test_evaluate_reads_other_formats_without_a_split(smoke_run, tmp_path):
+    run, _ = smoke_run
+    (tmp_path / "dev.tsv").write_text("de\ten\nEin Hund läuft.\tA dog runs.\nZwei Katzen.\tTwo cats.\n",
+                                      encoding="utf-8")
+    (tmp_path / "dev.de").write_text("Ein Hund läuft.\nZwei Katzen.\n", encoding="utf-8")
+    (tmp_path / "dev.en").write_text("A dog runs.\nTwo cats.\n", encoding="utf-8")
+    outputs = []
+    for data in (tmp_path / "dev.tsv", tmp_path / "dev"):  # a TSV file, a parallel-text prefix
+        out = tmp_path / f"out-{data.name}"
+        run_cli("evaluate", "--ckpt", run / "checkpoints/best.ckpt", "--data", data, "--out", out)
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n"] == 2 and metrics["split"] is None
+        outputs.append((out / "hypotheses.txt").read_text(encoding="utf-8"))
+    assert outputs[0] == outputs[1]

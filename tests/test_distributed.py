@@ -1,7 +1,9 @@
-"""DDP on 2 CPU processes (gloo): identical weights on both ranks, each sentence on exactly
-one rank per epoch, and validation BLEU equal to the single-process value."""
+"""DDP on 2 CPU processes (gloo): the tokenized cache built once (by rank 0) and mapped by both
+ranks, identical weights on both ranks, each sentence on exactly one rank per epoch, and
+validation BLEU equal to the single-process value."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +26,23 @@ def probe_config(path, out_dir):
 def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     probe = probe_config(root / "probe.yaml", root / "probe")
-    run_cli("fit", *SMALL, "--config", probe, *DDP, "--trainer.max_epochs", "2", "--run.root", root,
-            "--run.name", "ddp")
+    proc = run_cli("fit", *SMALL, "--config", probe, *DDP, "--trainer.max_epochs", "2", "--run.root", root,
+                   "--run.name", "ddp")
+    (root / "fit.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     return root
+
+
+def test_cache_built_once_and_mapped_by_every_rank(ddp_run):
+    log = (ddp_run / "fit.log").read_text(encoding="utf-8")
+    # Every process that tokenizes says so (not only rank 0): rank 0 did, in prepare_data, once.
+    builds = [line for line in log.splitlines() if ": tokenizing " in line]
+    assert [line.split(":")[0] for line in builds] == ["train", "validation"], log
+    assert all("(rank 0" in line for line in builds)
+    cache = ddp_run / "ddp" / "data-cache"
+    files = [json.loads((ddp_run / f"probe/cache-rank{r}.json").read_text()) for r in (0, 1)]
+    assert files[0] == files[1] and files[0], "both ranks map the same cache files"
+    assert all(Path(f).parent == cache for f in files[0])
+    assert len(list(cache.glob("train-*.arrow"))) == len(files[0])
 
 
 def test_ranks_hold_identical_weights(ddp_run):
