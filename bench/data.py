@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.report import write_result
+from bench.tables import data_table
 from pipeline.provenance import cpu_name, git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,19 +311,12 @@ def run(s: Settings) -> dict:
 
 
 def table(result: dict) -> str:
-    head = (f"{'pairs':>9} {'peak RSS MB':>11} {'tok pairs/s':>11} {'encode_batch/s':>14} {'cache MB':>9} "
-            f"{'sampler s':>9} {'1st step cold':>13} {'warm':>6}")
-    lines = [head]
-    for r in result["sizes"]:
-        lines.append(f"{r['pairs']:>9} {r['peak_rss_mb']:>11.0f} {r['tokenized_pairs_per_s']:>11.0f} "
-                     f"{r['encode_batch_pairs_per_s']:>14.0f} {r['cache_mb']:>9.1f} {r['sampler_build_s']:>9.2f} "
-                     f"{r['first_step_s_cold']:>13.1f} {r['first_step_s_warm']:>6.1f}")
+    """The README's markdown table (bench/tables.py) and a summary line."""
     summary = result["summary"]
-    lines.append(f"peak RSS growth {summary['peak_rss_growth']:+.1%} from the smallest to the largest size; "
-                 f"tokenization at {summary['tokenized_vs_encode_batch']:.0%} of the encode_batch rate; "
-                 f"load average at start {result['loadavg_1min_at_start']}, {result['seconds']:.0f} s, "
-                 f"commit {result['commit']}")
-    return "\n".join(lines)
+    return (data_table(result) + f"\npeak RSS growth {summary['peak_rss_growth']:+.1%} from the smallest to the "
+            f"largest size; tokenization at {summary['tokenized_vs_encode_batch']:.0%} of the encode_batch rate; "
+            f"load average at start {result['loadavg_1min_at_start']}, {result['seconds']:.0f} s, "
+            f"commit {result['commit']}")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:

@@ -42,6 +42,7 @@ import httpx
 import psutil
 
 from bench.report import write_result
+from bench.tables import serve_table
 from pipeline.provenance import cpu_name, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,20 +288,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'run':<16} {'max_batch':>9} {'req/s':>8} {'sent/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-             f"{'errors':>6} {'batch':>6} {'RSS MB before→after':>20}"]
-    for name in ("micro_batching", "one_at_a_time"):
-        r = result[name]
-        lat = r["latency_ms"]
-        lines.append(f"{name:<16} {r['max_batch']:>9} {r['requests_per_s']:>8.1f} {r['sentences_per_s']:>8.1f} "
-                     f"{lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f} {r['errors']:>6} "
-                     f"{r['mean_batch_sentences'] or 0:>6.1f} {r['rss_mb_before']:>9.0f} → {r['rss_mb_after']:<8.0f}")
+    """The README's markdown table (bench/tables.py) and a summary line."""
     s = result["settings"]
-    lines.append(f"micro-batching speedup {result['micro_batching_speedup']}x (target >= "
-                 f"{TARGETS['micro_batching_speedup']}x); {s['clients']} clients, {s['seconds']:g} s / "
-                 f"{s['compare_seconds']:g} s; commit {result['commit']}, {result['machine']['cores']} cores, "
-                 f"load average at start {result['loadavg_1min_at_start']}")
-    return "\n".join(lines)
+    return (serve_table(result) + f"\nmicro-batching speedup {result['micro_batching_speedup']}x (target >= "
+            f"{TARGETS['micro_batching_speedup']}x); {s['clients']} clients, {s['seconds']:g} s / "
+            f"{s['compare_seconds']:g} s; commit {result['commit']}, {result['machine']['cores']} cores, "
+            f"load average at start {result['loadavg_1min_at_start']}")
 
 
 if __name__ == "__main__":
