@@ -133,7 +133,10 @@ def test_profile_writes_both_tables(tmp_path, multi30k_dir):
     for table in (train, decode):
         assert "Self CPU" in table
         assert 5 <= sum(line.strip().startswith("aten::") for line in table.splitlines()) <= bench_profile.ROWS
-    assert "backward" in train.lower() and "backward" not in decode.lower()  # a training step, then inference
+    # A training step, then inference: which backward kernels make a tiny model's top 25 varies from run
+    # to run, so the training side is checked by its header, the decode side by having no backward at all.
+    assert "training step: src [" in text and "beam-4 decode:" in text
+    assert "backward" not in decode.lower()
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
