@@ -1,10 +1,13 @@
 """A training run's learning curve as a small JSON for results/ (recipe comparisons).
 
     python -m bench.curve --run runs/NAME --out results/recipes/NAME.json [--command "..."]
+    python -m bench.curve --run runs/multi30k --log train.log --out results/multi30k/NAME.json
 
-Reads the run's CSV log (run.logger: csv) and config.yaml: validation loss/BLEU/chrF per
-epoch, the median training tokens/s, the wall time from the log's file times, and the
-settings that differ between recipes. Never copies checkpoints.
+Reads the run's config.yaml and either its CSV log (run.logger: csv) or, with --log, the
+progress lines `fit` prints once per validation (any logger; `make train > train.log`):
+validation loss/BLEU (and chrF from the CSV) per epoch, the median training tokens/s, the wall
+time, the settings that differ between recipes, and the run's results.json when `fit` wrote one.
+Never copies checkpoints.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -20,21 +24,56 @@ import yaml
 from pipeline.provenance import cpu_name, git_commit
 
 
-def curve(run: Path) -> dict:
+# What callbacks.ProgressLog prints after each validation.
+PROGRESS = re.compile(r"^epoch (?P<epoch>\d+) step (?P<step>\d+) \| train loss (?P<train_loss>\S+) \| "
+                      r"val loss (?P<val_loss>\S+) \| val BLEU (?P<val_bleu>\S+) \| (?P<tokens>[\d,.]+|nan) tok/s \| "
+                      r"elapsed (?P<elapsed>[\d:]+)")
+
+
+def seconds(clock: str) -> int:
+    """"1:02:03" -> 3723"""
+    total = 0
+    for part in clock.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+def csv_curve(run: Path) -> tuple[list[dict], list[float], float]:
+    """Per-epoch validation rows, training tokens/s samples and wall time from metrics.csv."""
     rows = list(csv.DictReader((run / "metrics.csv").open(encoding="utf-8")))
     if not rows:
-        raise SystemExit(f"{run}/metrics.csv is empty: train with --run.logger csv")
-    val = [r for r in rows if r.get("val/bleu")]
+        raise SystemExit(f"{run}/metrics.csv is empty: train with --run.logger csv, or pass --log")
+    epochs = [{"epoch": int(r["epoch"]), "step": int(r["step"]), "val_loss": round(float(r["val/loss"]), 4),
+               "val_bleu": round(float(r["val/bleu"]), 2), "val_chrf": round(float(r["val/chrf"]), 2)}
+              for r in rows if r.get("val/bleu")]
     speed = [float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")]
+    wall = (run / "metrics.csv").stat().st_mtime - (run / "config.yaml").stat().st_mtime
+    return epochs, speed, wall
+
+
+def log_curve(log: Path) -> tuple[list[dict], list[float], float]:
+    """The same from the progress lines of a `fit` log (elapsed: training time at the last line)."""
+    found = [m for m in map(PROGRESS.match, log.read_text(encoding="utf-8", errors="replace").splitlines()) if m]
+    if not found:
+        raise SystemExit(f"no progress lines ('epoch N step M | ...') in {log}")
+    epochs = [{"epoch": int(m["epoch"]), "step": int(m["step"]), "train_loss": float(m["train_loss"]),
+               "val_loss": float(m["val_loss"]), "val_bleu": float(m["val_bleu"]),
+               "elapsed_s": seconds(m["elapsed"])} for m in found]
+    speed = [float(m["tokens"].replace(",", "")) for m in found if m["tokens"] != "nan"]
+    return epochs, speed, float(epochs[-1]["elapsed_s"])
+
+
+def curve(run: Path, log: Path | None = None) -> dict:
+    epochs, speed, wall = log_curve(log) if log else csv_curve(run)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    results = run / "results.json"
     return {
         "run": str(run),
-        "epochs": [{"epoch": int(r["epoch"]), "step": int(r["step"]), "val_loss": round(float(r["val/loss"]), 4),
-                    "val_bleu": round(float(r["val/bleu"]), 2), "val_chrf": round(float(r["val/chrf"]), 2)}
-                   for r in val],
-        "best_val_bleu": round(max(float(r["val/bleu"]) for r in val), 2) if val else None,
+        "epochs": epochs,
+        "best_val_bleu": max(e["val_bleu"] for e in epochs) if epochs else None,
         "train_tokens_per_s_median": round(statistics.median(speed), 1) if speed else None,
-        "wall_time_s": round((run / "metrics.csv").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1),
+        "wall_time_s": round(wall, 1),
+        "final": json.loads(results.read_text(encoding="utf-8")) if results.is_file() else None,
         "precision": config["trainer"].get("precision"),
         "model": config.get("model"), "train": config.get("train"), "decoding": config.get("decoding"),
         "data": {k: config["data"].get(k) for k in ("path", "vocab_size", "max_tokens", "max_len")},
@@ -43,12 +82,13 @@ def curve(run: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, type=Path, help="run directory written with --run.logger csv")
+    p.add_argument("--run", required=True, type=Path, help="run directory (its metrics.csv unless --log)")
+    p.add_argument("--log", type=Path, default=None, help="a saved `fit` output to read the progress lines from")
     p.add_argument("--out", required=True, type=Path, help="JSON file to write, e.g. results/recipes/NAME.json")
     p.add_argument("--command", default=None, help="the command that trained the run (recorded as is)")
     p.add_argument("--note", default=None, help="anything a reader needs to know (e.g. the machine was shared)")
     args = p.parse_args(argv)
-    result = {**curve(args.run), "command": args.command, "note": args.note, "commit": git_commit(),
+    result = {**curve(args.run, args.log), "command": args.command, "note": args.note, "commit": git_commit(),
               "cpu": cpu_name()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -120,6 +120,10 @@ class MultiHeadAttention(nn.Module):
         self.w_o = nn.Linear(d_model, d_model)
         self.dropout = Dropout(dropout)
         self.weights: Tensor | None = None  # (B, h, Tq, Tk), kept only when need_weights
+        # Set by merge_projections() for inference: W_Q|W_K|W_V (self-attention) or W_K|W_V
+        # (cross-attention) as one Linear layer.
+        self.w_qkv: nn.Linear | None = None
+        self.w_kv: nn.Linear | None = None
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, T, d_model) -> (B, h, T, d_k)"""
@@ -128,18 +132,42 @@ class MultiHeadAttention(nn.Module):
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, d_model) -> keys and values, each (B, h, T, d_k), in one matrix product."""
-        w = torch.cat([self.w_k.weight, self.w_v.weight])
-        k, v = F.linear(x, w, torch.cat([self.w_k.bias, self.w_v.bias])).chunk(2, dim=-1)
+        if self.w_kv is not None:
+            k, v = self.w_kv(x).chunk(2, dim=-1)
+        else:
+            w = torch.cat([self.w_k.weight, self.w_v.weight])
+            k, v = F.linear(x, w, torch.cat([self.w_k.bias, self.w_v.bias])).chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, d_model) -> queries, keys and values for self-attention, each (B, h, T, d_k).
 
         One (d_model -> 3·d_model) product instead of three: the weights stay three Linear
-        layers (checkpoints and exports see W_Q, W_K, W_V), concatenated here per call."""
-        w = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
-        b = torch.cat([self.w_q.bias, self.w_k.bias, self.w_v.bias])
-        return tuple(self.split_heads(t) for t in F.linear(x, w, b).chunk(3, dim=-1))
+        layers (checkpoints and exports see W_Q, W_K, W_V), concatenated here per call while
+        training (so gradients reach all three), once by merge_projections() for inference."""
+        if self.w_qkv is not None:
+            qkv = self.w_qkv(x)
+        else:
+            w = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
+            qkv = F.linear(x, w, torch.cat([self.w_q.bias, self.w_k.bias, self.w_v.bias]))
+        return tuple(self.split_heads(t) for t in qkv.chunk(3, dim=-1))
+
+    @torch.no_grad()
+    def merge_projections(self, self_attention: bool) -> None:
+        """For inference: hold the projections this module runs together as one Linear layer,
+        W_Q|W_K|W_V for self-attention or W_K|W_V for cross-attention, so a decoding step does
+        not concatenate weights on every call and int8 quantization (Translator) sees the
+        products actually run. A copy: call it again after the weights change, never train."""
+        parts = (self.w_q, self.w_k, self.w_v) if self_attention else (self.w_k, self.w_v)
+        merged = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
+                           device=parts[0].weight.device, dtype=parts[0].weight.dtype)
+        merged.weight.copy_(torch.cat([p.weight for p in parts]))
+        merged.bias.copy_(torch.cat([p.bias for p in parts]))
+        merged.requires_grad_(False)
+        if self_attention:
+            self.w_qkv = merged
+        else:
+            self.w_kv = merged
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
                 cache: KVCache | None = None, static_kv: bool = False,
@@ -157,21 +185,22 @@ class MultiHeadAttention(nn.Module):
         read once per sentence instead of once per hypothesis.
         Returns (B, Tq, d_model); the weights (B, h, Tq, Tk) are kept in `self.weights` if need_weights.
         """
-        if context is None and cache is None:
+        if context is None:  # self-attention: one product for Q, K and V
             q, k, v = self.project_qkv(x)  # (B, h, T, d_k) each
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, h, Tk, d_k): the cached steps and this one
         else:
             q = self.split_heads(self.w_q(x))  # (B, h, Tq, d_k)
             if not static_kv:
-                k, v = self.project_kv(x if context is None else context)
+                k, v = self.project_kv(context)
                 if cache is not None:
-                    k, v = cache.append(k, v)  # (B, h, Tk, d_k)
+                    k, v = cache.append(k, v)
+            elif cache is None or cache.k is None:
+                k, v = self.project_kv(context)
+                if cache is not None:
+                    cache.append(k, v)
             else:
-                if cache is None or cache.k is None:
-                    k, v = self.project_kv(context)
-                    if cache is not None:
-                        cache.append(k, v)
-                else:
-                    k, v = cache.k, cache.v
+                k, v = cache.k, cache.v
         B, h, Tq, d_k = q.shape
         fold = B // k.size(0)  # hypotheses per cached sentence (1 but in beam search)
         if fold > 1:

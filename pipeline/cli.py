@@ -110,7 +110,9 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
             self.run_dir = Path(cfg.run.root) / name
             if cfg.trainer.get("precision") is None:  # null: measured on this machine (hardware.py)
-                cfg.trainer.precision, reason = choose_precision(str(cfg.trainer.get("accelerator") or "auto"))
+                model = {**cfg.model.as_dict(), "vocab_size": cfg.data.vocab_size}
+                cfg.trainer.precision, reason = choose_precision(str(cfg.trainer.get("accelerator") or "auto"), model,
+                                                                 cfg.data.max_tokens)
                 if rank_zero_only.rank == 0:
                     print(f"precision: {cfg.trainer.precision} ({reason}; --trainer.precision sets it)", flush=True)
             if self.subcommand != "fit":

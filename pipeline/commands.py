@@ -67,7 +67,7 @@ def finalize(run: str) -> None:
 
 def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str | None = None,
              beam: int | None = None, length_penalty: float | None = None, batch_size: int = 128,
-             max_tokens: int = 8192) -> None:
+             max_tokens: int = 8192, quantize: Literal["int8", "bf16"] | None = None) -> None:
     """Translate a dataset split and score it with sacreBLEU (BLEU, chrF); writes
     OUT/metrics.json and OUT/hypotheses.txt.
 
@@ -82,13 +82,14 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         length_penalty: beam length penalty (default: the run's decoding.length_penalty).
         batch_size: sentences per batch.
         max_tokens: source tokens per batch.
+        quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16 (README, Speed).
     """
     from pipeline.data import load_split, single_split
     from pipeline.metrics import corpus_scores
     from pipeline.translator import Translator
 
     translator = Translator.from_checkpoint(ckpt, beam=beam, length_penalty=length_penalty, device="auto",
-                                            batch_size=batch_size, max_tokens=max_tokens)
+                                            batch_size=batch_size, max_tokens=max_tokens, quantize=quantize)
     src_lang, tgt_lang = translator.languages
     if single_split(data, src_lang, tgt_lang):
         split = None  # a file, prefix or pattern is its own split
@@ -105,7 +106,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["bleu_signature"],
         "chrf_signature": scores["chrf_signature"], "bleu_lowercase": round(lower["bleu"], 2),
         "n": len(hyps), "data": data, "split": split, "src_lang": src_lang, "tgt_lang": tgt_lang,
-        "beam": decoding.beam, "length_penalty": decoding.length_penalty, "ckpt": ckpt,
+        "beam": decoding.beam, "length_penalty": decoding.length_penalty, "quantize": quantize, "ckpt": ckpt,
         "truncated": translator.truncated, "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(hyps) / seconds, 1),
     }
@@ -119,7 +120,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
 
 
 def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch_size: int = 128,
-              show_beams: bool = False) -> None:
+              show_beams: bool = False, quantize: Literal["int8", "bf16"] | None = None) -> None:
     """Translate sentences from stdin (one a line; a prompt when stdin is a terminal) or --text.
 
     Args:
@@ -128,11 +129,12 @@ def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch
         beam: beam size (1 = greedy; default: the run's decoding.beam).
         batch_size: sentences per batch.
         show_beams: print every beam hypothesis as 'score<TAB>text' (best first), then a blank line.
+        quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16.
     """
     from pipeline.data import read_lines
     from pipeline.translator import Translator
 
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size)
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size, quantize=quantize)
 
     def show(lines: list[str]) -> None:
         if not show_beams:

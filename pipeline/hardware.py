@@ -1,9 +1,13 @@
 """Choosing the training precision from the machine, measured rather than assumed.
 
-bf16 autocast trains faster only where bf16 matrix products are much faster than fp32 ones:
-on GPUs with bf16 support, and on CPUs with AMX or fast AVX-512 bf16 units; on other CPUs
-it is slower. `choose_precision` settles it at start-up with a short matmul probe (a second
-or two); an explicit --trainer.precision skips the probe.
+bf16 autocast trains faster only where bf16 matrix products are much faster than fp32 ones
+(GPUs with bf16 support; CPUs with AMX or fast AVX-512 bf16 units) and where they are most of
+the step. A matmul probe alone misleads on a CPU: on a 2-core Intel Xeon with AMX, bf16
+products ran 3.7x faster than fp32, yet the Multi30k recipe's step (dropout on attention
+weights and in the FFN, casts) ran about 10% slower in bf16 (docs/recipes.md). So on a CPU
+`choose_precision` times a few training steps of the configured model in both precisions at
+start-up (a few seconds); on a GPU with bf16 it takes bf16. An explicit --trainer.precision
+skips the probe.
 """
 
 from __future__ import annotations
@@ -14,26 +18,46 @@ import time
 import torch
 
 ENV = "PIPELINE_PRECISION"  # the choice of the first process, inherited by the DDP workers it starts
-SPEEDUP = 1.5  # bf16 must multiply at least this much faster than fp32 to be chosen on CPU
+SPEEDUP = 1.1  # a bf16 training step must be at least this much faster than fp32 to be chosen on CPU
 
 
-def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: float = 0.25) -> float:
-    """Measured GFLOP/s of (n, n) @ (n, n) products in `dtype` on `device`."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up (kernel selection, caches)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    sync()
-    return 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9
+def step_seconds(model: dict | None = None, tokens: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of one CPU training step (forward, fused label-smoothed loss, backward) of
+    the model that `model` (TransformerConfig fields) describes, on a random batch of about
+    `tokens` target tokens, in fp32 and in bf16 autocast: {"fp32": s, "bf16": s}. The two
+    alternate, after a warm-up each, so drifting load hits both alike. The global random state
+    is left as it was."""
+    from pipeline.loss import linear_cross_entropy
+    from pipeline.model import Transformer, TransformerConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = Transformer(TransformerConfig(**(model or {}))).train()
+        vocab, length = net.cfg.vocab_size, 24
+        rows = max(1, tokens // length)
+        src = torch.randint(4, vocab, (rows, length))
+        tgt = torch.randint(4, vocab, (rows, length + 1))
+
+        def step(bf16: bool) -> float:
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                hidden = net(src, tgt[:, :-1], project=False)
+                loss = linear_cross_entropy(hidden, net.lm_head.weight, tgt[:, 1:], 0.1)
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+            return time.perf_counter() - start
+
+        times = {"fp32": [], "bf16": []}
+        step(False), step(True)  # warm-up: allocator, kernel selection
+        for _ in range(repeats):
+            times["fp32"].append(step(False))
+            times["bf16"].append(step(True))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def choose_precision(accelerator: str = "auto") -> tuple[str, str]:
-    """("bf16-mixed" or "32-true", the reason in words) for this machine."""
+def choose_precision(accelerator: str = "auto", model: dict | None = None, tokens: int = 2048) -> tuple[str, str]:
+    """("bf16-mixed" or "32-true", the reason in words) for training `model` (TransformerConfig
+    fields; None: the defaults) on this machine, with batches of about `tokens` tokens."""
     if os.environ.get(ENV):
         return os.environ[ENV], "chosen by the launching process"
     cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -41,9 +65,10 @@ def choose_precision(accelerator: str = "auto") -> tuple[str, str]:
         choice, reason = ("bf16-mixed", "the GPU supports bf16") if torch.cuda.is_bf16_supported() else \
             ("32-true", "the GPU has no bf16")
     else:
-        fp32 = matmul_gflops(torch.float32, torch.device("cpu"))
-        bf16 = matmul_gflops(torch.bfloat16, torch.device("cpu"))
-        choice = "bf16-mixed" if bf16 >= SPEEDUP * fp32 else "32-true"
-        reason = f"bf16 matmul {bf16:.0f} GFLOP/s against fp32 {fp32:.0f} ({bf16 / fp32:.1f}x; bf16 needs {SPEEDUP}x)"
+        seconds = step_seconds(model, tokens)
+        speedup = seconds["fp32"] / seconds["bf16"]
+        choice = "bf16-mixed" if speedup >= SPEEDUP else "32-true"
+        reason = (f"a training step of this model took {seconds['bf16'] * 1e3:.0f} ms in bf16 against "
+                  f"{seconds['fp32'] * 1e3:.0f} ms in fp32 ({speedup:.2f}x; bf16 needs {SPEEDUP}x)")
     os.environ[ENV] = choice
     return choice, reason

@@ -229,6 +229,17 @@ class Transformer(nn.Module):
         y = self.decoder_norm(y)
         return self.lm_head(y) if project else y
 
+    def merge_projections(self) -> "Transformer":
+        """For inference only: eval mode, and each attention's projections merged into one
+        product (MultiHeadAttention.merge_projections). In place; returns the model."""
+        self.eval()
+        for layer in self.encoder_layers:
+            layer.self_attn.merge_projections(self_attention=True)
+        for layer in self.decoder_layers:
+            layer.self_attn.merge_projections(self_attention=True)
+            layer.cross_attn.merge_projections(self_attention=False)
+        return self
+
     def new_cache(self) -> list[tuple[KVCache, KVCache]]:
         """Empty (self-attention, cross-attention) caches, one pair per decoder layer."""
         return [(KVCache(), KVCache()) for _ in self.decoder_layers]

@@ -35,6 +35,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pipeline.errors import UserError
 from pipeline.provenance import git_commit
@@ -157,8 +158,7 @@ class BatchWorker:
     def translator_for(self, beam: int):
         base = self.translator
         if beam not in self.translators:
-            self.translators[beam] = type(base)(base.checkpoint, beam=beam, length_penalty=base.decoding.length_penalty,
-                                                max_tokens=base.max_tokens, batch_size=base.batch_size)
+            self.translators[beam] = base.with_beam(beam)
         return self.translators[beam]
 
     def _truncated(self, texts: list[str]) -> list[int]:
@@ -334,7 +334,7 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
         return {"status": "ok", "commit": commit, "languages": languages,
                 "model": {"checkpoint": str(translator.checkpoint.path), "config": translator.model.cfg.to_dict(),
                           "decoding": asdict(translator.decoding), "device": str(translator.device),
-                          "parameters": sum(p.numel() for p in translator.model.parameters())},
+                          "parameters": sum(p.numel() for p in translator.checkpoint.model.parameters())},
                 "limits": {"max_chars": MAX_CHARS, "max_sentences": MAX_SENTENCES, "max_beam": MAX_BEAM,
                            "max_source_tokens": translator.max_src_tokens},
                 "batching": {"max_batch": worker.max_batch, "max_wait_ms": worker.max_wait * 1000,
@@ -416,7 +416,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, beam: int | None = None, max_batch: int = 32,
-          max_wait_ms: float = 5.0) -> None:
+          max_wait_ms: float = 5.0, quantize: Literal["int8", "bf16"] | None = None) -> None:
     """Serve a checkpoint over HTTP: POST /translate, POST /attention, GET /health, API docs at
     /docs, and a web page at / that translates as you type and draws the cross-attention.
 
@@ -427,6 +427,7 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, beam: int | None
         beam: beam size of requests that give none (1 = greedy; default: the run's decoding.beam).
         max_batch: most sentences translated together in one micro-batch (1: one request at a time).
         max_wait_ms: how long the model thread waits for more requests before it runs a batch.
+        quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16.
     """
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
@@ -442,7 +443,7 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, beam: int | None
     from pipeline.plotting import hangul_font_path
     from pipeline.translator import Translator
 
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto")
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", quantize=quantize)
     app = create_app(translator, max_batch, max_wait_ms, font=hangul_font_path())
     bound = sock.getsockname()
     url_host = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

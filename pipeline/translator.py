@@ -5,22 +5,54 @@
     translator.translate(["Ein Hund rennt durch den Schnee."])   # ['A dog runs through the snow.']
     translator.nbest("Ein Hund rennt durch den Schnee.", k=4)     # [(text, score), ...] best first
     translator.attention("Ein Hund rennt durch den Schnee.")       # tokens and weights per layer and head
+    Translator.from_checkpoint(path, quantize="int8")              # int8 linear layers on the CPU (or "bf16")
 
 `evaluate` and `translate` on the command line go through this class.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
+from torch import nn
 
 from pipeline.batching import pad
 from pipeline.checkpoints import Checkpoint, load_checkpoint
 from pipeline.decoding import generate
 from pipeline.errors import UserError
 from pipeline.tokenizer import MAX_SOURCE_TOKENS, decode, encode_sources
+
+
+QUANTIZE = ("int8", "bf16")  # values of --quantize
+
+
+def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
+    """A copy of `model` prepared for decoding: eval mode and each attention's projections
+    merged into one product; then, with quantize="int8", every linear layer (the LM head
+    included) dynamically quantized (int8 weights per output channel, activations quantized
+    per batch on the fly; CPU only: torch's fbgemm/oneDNN kernels), or with quantize="bf16",
+    weights and activations in bfloat16 (fast on GPUs and on CPUs with AMX; log-probabilities
+    are still summed in fp32 by the beam search)."""
+    if quantize is not None and quantize not in QUANTIZE:
+        raise UserError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    device = next(model.parameters()).device
+    if quantize == "int8" and device.type != "cpu":
+        raise UserError(f"--quantize int8 runs on the CPU only: drop it (or use --quantize bf16) on {device.type}")
+    model = copy.deepcopy(model).eval().merge_projections()
+    if quantize == "bf16":
+        model = model.to(torch.bfloat16)
+    elif quantize == "int8":
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao, still the CPU path
+            warnings.simplefilter("ignore")
+            model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    return model
 
 
 class Translator:
@@ -30,15 +62,16 @@ class Translator:
     whitespace-only lines translate to empty lines.
 
     Args:
-        checkpoint: a loaded checkpoint (`load_checkpoint`).
+        checkpoint: a loaded checkpoint (`load_checkpoint`); its model is left as it is.
         beam: beam size (1 = greedy); None takes the run's decoding.beam.
         length_penalty: beam score = log p / length^length_penalty; None takes the run's.
         max_tokens: source tokens per batch (sentences × longest).
         batch_size: sentences per batch.
+        quantize: "int8" (CPU) or "bf16": decode in lower precision (see `inference_model`).
     """
 
     def __init__(self, checkpoint: Checkpoint, beam: int | None = None, length_penalty: float | None = None,
-                 max_tokens: int = 8192, batch_size: int = 128):
+                 max_tokens: int = 8192, batch_size: int = 128, quantize: Literal["int8", "bf16"] | None = None):
         beam = checkpoint.decoding.beam if beam is None else beam
         for name, value in (("beam", beam), ("max_tokens", max_tokens), ("batch_size", batch_size)):
             if value < 1:
@@ -49,6 +82,8 @@ class Translator:
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.max_src_tokens = min(MAX_SOURCE_TOKENS, checkpoint.config.max_positions)
         self.truncated = 0
+        self.quantize = quantize
+        self.model = inference_model(checkpoint.model, quantize)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, beam: int | None = None, device: str = "auto",
@@ -56,9 +91,13 @@ class Translator:
         """Load a checkpoint file (device "auto": CUDA when available) and wrap it."""
         return cls(load_checkpoint(path, device), beam=beam, **kwargs)
 
-    @property
-    def model(self):
-        return self.checkpoint.model
+    def with_beam(self, beam: int) -> "Translator":
+        """The same translator (same prepared model, not copied) at another beam size."""
+        if beam < 1:
+            raise UserError(f"--beam must be >= 1, got {beam}")
+        other = copy.copy(self)
+        other.decoding, other.truncated = replace(self.decoding, beam=beam), 0
+        return other
 
     @property
     def tokenizer(self):
@@ -70,7 +109,7 @@ class Translator:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.checkpoint.model.parameters()).device
 
     def source_ids(self, sentences: list[str]) -> list[list[int]]:
         """Token ids + EOS of each sentence, cut (and counted) if longer than max_src_tokens."""

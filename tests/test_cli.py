@@ -64,6 +64,19 @@ def test_fit_ends_with_results_chosen_on_validation(smoke_run, tmp_path):
     assert "final: test BLEU" in again.stdout
 
 
+def test_learning_curve_from_the_fit_log(smoke_run, tmp_path):
+    from bench import curve
+
+    run, proc = smoke_run
+    log = tmp_path / "train.log"
+    log.write_text(proc.stdout, encoding="utf-8")
+    result = curve.main(["--run", str(run), "--log", str(log), "--out", str(tmp_path / "curve.json")])
+    assert [e["epoch"] for e in result["epochs"]] == [0, 1]  # one progress line per validation
+    assert result["best_val_bleu"] == max(e["val_bleu"] for e in result["epochs"]) >= 0
+    assert result["final"]["test"] == json.loads((run / "results.json").read_text())["test"]
+    assert result["wall_time_s"] == result["epochs"][-1]["elapsed_s"] > 0
+
+
 def test_evaluate_writes_metrics_and_hypotheses(smoke_run, tmp_path):
     run, _ = smoke_run
     out = tmp_path / "eval"
@@ -88,6 +101,18 @@ def test_evaluate_jsonl_needs_no_split_and_keeps_order(smoke_run, tmp_path):
     run_cli("evaluate", "--ckpt", run / "checkpoints/last.ckpt", "--data", flat, "--out", tmp_path / "e")
     hyps = (tmp_path / "e" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()
     assert len(hyps) == 2 and hyps[1] == ""  # the empty source gives an empty line, in place
+
+
+def test_quantized_decoding_from_the_command_line(smoke_run, tmp_path):
+    run, _ = smoke_run
+    ckpt = run / "checkpoints/best.ckpt"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"de": "Ein Mann fährt Fahrrad.", "en": "A man rides a bike."}) + "\n", encoding="utf-8")
+    run_cli("evaluate", "--ckpt", ckpt, "--data", pairs, "--out", tmp_path / "e", "--quantize", "int8")
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["quantize"] == "int8"
+    assert run_cli("translate", "--ckpt", ckpt, "--text", "Ein Mann fährt Fahrrad.", "--quantize", "int8").stdout.strip()
+    assert_one_line_error(run_cli("translate", "--ckpt", ckpt, "--text", "Hallo", "--quantize", "int4", check=False),
+                          "--quantize")
 
 
 def test_translate_stdin_and_text(smoke_run):

@@ -58,3 +58,39 @@ def test_attention_follows_the_greedy_translation(seed_run):
     maps = Translator.from_checkpoint(path, beam=3).attention(SEED[0])
     assert maps.target == SEED[1]  # greedy, whatever the beam
     assert len(maps.cross) == 2 and maps.cross[0].shape == (4, len(maps.tgt_out_tokens), len(maps.src_tokens))
+
+
+def test_inference_model_merges_projections_without_changing_outputs(seed_run):
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.decoding import DecodingConfig, generate
+    from pipeline.translator import inference_model
+
+    checkpoint = load_checkpoint(seed_run[0], "cpu")
+    merged = inference_model(checkpoint.model)
+    assert merged.decoder_layers[0].self_attn.w_qkv.out_features == 3 * checkpoint.config.d_model
+    assert merged.decoder_layers[0].cross_attn.w_kv.out_features == 2 * checkpoint.config.d_model
+    assert checkpoint.model.decoder_layers[0].self_attn.w_qkv is None  # the checkpoint's model is left alone
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = torch.tensor([[2, 11, 12], [2, 13, 14]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(src, tgt), checkpoint.model.eval()(src, tgt), rtol=1e-5, atol=1e-5)
+    config = DecodingConfig()
+    for beam in (1, 3):  # the cached decoding path (self-attention appends Q/K/V of one step)
+        assert torch.equal(generate(merged, src, config, beam=beam).tokens,
+                           generate(checkpoint.model, src, config, beam=beam).tokens)
+
+
+def test_int8_translator_keeps_what_the_model_learnt(seed_run):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    path, pairs = seed_run
+    translator = Translator.from_checkpoint(path, device="cpu", quantize="int8")
+    layers = [m for m in translator.model.modules() if isinstance(m, DynamicQuantizedLinear)]
+    assert translator.model.lm_head in layers and translator.model.decoder_layers[0].self_attn.w_qkv in layers
+    assert translator.translate([p[0] for p in pairs]) == [p[1] for p in pairs]
+    assert translator.with_beam(3).translate([SEED[0]]) == [SEED[1]]
+
+
+def test_unknown_quantization_is_a_user_error(seed_run):
+    with pytest.raises(UserError, match="--quantize must be one of int8"):
+        Translator.from_checkpoint(seed_run[0], quantize="int4")
