@@ -2,12 +2,10 @@
 
 bf16 autocast trains faster only where bf16 matrix products are much faster than fp32 ones
 (GPUs with bf16 support; CPUs with AMX or fast AVX-512 bf16 units) and where they are most of
-the step. A matmul probe alone misleads on a CPU: on a 2-core Intel Xeon with AMX, bf16
-products ran 3.7x faster than fp32, yet the Multi30k recipe's step (dropout on attention
-weights and in the FFN, casts) ran about 10% slower in bf16 (docs/recipes.md). So on a CPU
-`choose_precision` times a few training steps of the configured model in both precisions at
-start-up (a few seconds); on a GPU with bf16 it takes bf16. An explicit --trainer.precision
-skips the probe.
+the step: casts, dropout and the other element-wise work do not speed up. So on a CPU
+`choose_precision` times a few training steps of the configured model, at the configured batch
+size, in both precisions at start-up (a few seconds), rather than a bare matrix product; on a
+GPU with bf16 it takes bf16. An explicit --trainer.precision skips the probe.
 """
 
 from __future__ import annotations
