@@ -23,7 +23,7 @@ CLIENTS ?= 16
 SECONDS ?= 300
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train evaluate translate average attention export serve sweep test bench bench-serve bench-data clean
+.PHONY: help setup train evaluate translate average attention export serve sweep test bench bench-serve bench-evaluate bench-data clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench: setup ## speed against Hugging Face MarianMT; BENCH_QUICK=1 for a short r
 
 bench-serve: setup ## load bench of `serve` on CKPT: CLIENTS (16) clients for SECONDS (300); BENCH_OUT=path.json
 	$(PY) -m bench.serve --ckpt $(CKPT) --clients $(CLIENTS) --seconds $(SECONDS) $(if $(BENCH_OUT),--out $(BENCH_OUT))
+
+bench-evaluate: setup ## `evaluate` of CKPT on validation and test in fp32, int8 and bf16 (beam 4): speed and BLEU
+	$(PY) -m bench.evaluate --ckpt $(CKPT) --data $(DATA) $(if $(BENCH_OUT),--out $(BENCH_OUT))
 
 bench-data: setup ## data path at scale: PAIRS (4500000) synthetic pairs, sizes 1/9, 1/3, 1; BENCH_OUT=path.json
 	$(PY) -m bench.data $(if $(PAIRS),--pairs $(PAIRS)) $(if $(BENCH_SCRATCH),--scratch $(BENCH_SCRATCH)) $(if $(BENCH_OUT),--out $(BENCH_OUT))

@@ -27,7 +27,7 @@ from pipeline.provenance import cpu_name, git_commit
 # What callbacks.ProgressLog prints after each validation.
 PROGRESS = re.compile(r"^epoch (?P<epoch>\d+) step (?P<step>\d+) \| train loss (?P<train_loss>\S+) \| "
                       r"val loss (?P<val_loss>\S+) \| val BLEU (?P<val_bleu>\S+) \| (?P<tokens>[\d,.]+|nan) tok/s \| "
-                      r"elapsed (?P<elapsed>[\d:]+)")
+                      r"elapsed (?:(?P<days>\d+) days?, )?(?P<elapsed>\d+:\d\d:\d\d)(?: \||$)")
 
 
 def seconds(clock: str) -> int:
@@ -58,7 +58,7 @@ def log_curve(log: Path) -> tuple[list[dict], list[float], float]:
         raise SystemExit(f"no progress lines ('epoch N step M | ...') in {log}")
     epochs = [{"epoch": int(m["epoch"]), "step": int(m["step"]), "train_loss": float(m["train_loss"]),
                "val_loss": float(m["val_loss"]), "val_bleu": float(m["val_bleu"]),
-               "elapsed_s": seconds(m["elapsed"])} for m in found]
+               "elapsed_s": int(m["days"] or 0) * 86400 + seconds(m["elapsed"])} for m in found]
     speed = [float(m["tokens"].replace(",", "")) for m in found if m["tokens"] != "nan"]
     return epochs, speed, float(epochs[-1]["elapsed_s"])
 
@@ -70,7 +70,7 @@ def curve(run: Path, log: Path | None = None) -> dict:
     return {
         "run": str(run),
         "epochs": epochs,
-        "best_val_bleu": max(e["val_bleu"] for e in epochs) if epochs else None,
+        "best_val_bleu": max((e["val_bleu"] for e in epochs if e["val_bleu"] == e["val_bleu"]), default=None),
         "train_tokens_per_s_median": round(statistics.median(speed), 1) if speed else None,
         "wall_time_s": round(wall, 1),
         "final": json.loads(results.read_text(encoding="utf-8")) if results.is_file() else None,

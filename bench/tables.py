@@ -3,6 +3,7 @@
     python -m bench.tables bench/results/2026-11-26-fe75563.json            # make bench
     python -m bench.tables bench/results/2026-11-26-fe75563-serve.json      # make bench-serve
     python -m bench.tables bench/results/2026-11-26-fe75563-data.json       # make bench-data
+    python -m bench.tables bench/results/DATE-COMMIT-evaluate.json          # make bench-evaluate
 """
 
 from __future__ import annotations
@@ -50,7 +51,36 @@ def data_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_table(result: dict) -> str:
+    lines = ["| split | decoding | beam | BLEU | chrF | sentences/s: median (min–max) |", "|---|---|---|---|---|---|"]
+    for split, entries in result["splits"].items():
+        for name, e in entries.items():
+            lines.append(f"| {split} | {name} | {e['beam']} | {e['bleu']:.2f} | {e['chrf']:.2f} | "
+                         f"{e['sentences_per_s']:,.1f} ({e['spread']['min']:,.1f}–{e['spread']['max']:,.1f}) |")
+    return "\n".join(lines)
+
+
+def results_table(result: dict) -> str:
+    """A training run's held-out scores (bench.curve JSON of a run that `fit` finalized)."""
+    final = result["final"]
+    chosen = (f"{final['chosen_from']}, beam {final['beam']}, length penalty {final['length_penalty']}")
+    lines = ["| split | BLEU | chrF | chosen on validation |", "|---|---|---|---|"]
+    for split in ("validation", "test"):
+        if final.get(split):
+            lines.append(f"| {split} | {final[split]['bleu']:.2f} | {final[split]['chrf']:.2f} | {chosen} |")
+    lines.append("")
+    lines.append(f"{len(result['epochs'])} epochs in {result['wall_time_s'] / 3600:.2f} h of training "
+                 f"({final.get('precision', result.get('precision'))}), best greedy validation BLEU during training "
+                 f"{result['best_val_bleu']:.2f}; sacreBLEU {final['test']['signature'] if final.get('test') else ''}; "
+                 f"commit {final['commit']}")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
+    if "final" in result and "epochs" in result:
+        return results_table(result)
+    if "quantization" in result:
+        return evaluate_table(result)
     if "sizes" in result:
         return data_table(result)
     if "micro_batching" in result:

@@ -132,7 +132,7 @@ class MultiHeadAttention(nn.Module):
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, d_model) -> keys and values, each (B, h, T, d_k), in one matrix product."""
-        if self.w_kv is not None:
+        if self.w_kv is not None and not self.training:
             k, v = self.w_kv(x).chunk(2, dim=-1)
         else:
             w = torch.cat([self.w_k.weight, self.w_v.weight])
@@ -145,7 +145,7 @@ class MultiHeadAttention(nn.Module):
         One (d_model -> 3·d_model) product instead of three: the weights stay three Linear
         layers (checkpoints and exports see W_Q, W_K, W_V), concatenated here per call while
         training (so gradients reach all three), once by merge_projections() for inference."""
-        if self.w_qkv is not None:
+        if self.w_qkv is not None and not self.training:
             qkv = self.w_qkv(x)
         else:
             w = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
@@ -157,7 +157,8 @@ class MultiHeadAttention(nn.Module):
         """For inference: hold the projections this module runs together as one Linear layer,
         W_Q|W_K|W_V for self-attention or W_K|W_V for cross-attention, so a decoding step does
         not concatenate weights on every call and int8 quantization (Translator) sees the
-        products actually run. A copy: call it again after the weights change, never train."""
+        products actually run. A copy: call it again after the weights change. In training mode
+        the merged layers are ignored, so gradients always reach W_Q, W_K and W_V."""
         parts = (self.w_q, self.w_k, self.w_v) if self_attention else (self.w_k, self.w_v)
         merged = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
                            device=parts[0].weight.device, dtype=parts[0].weight.dtype)

@@ -28,7 +28,7 @@ def step_seconds(model: dict | None = None, tokens: int = 2048, repeats: int = 3
     from pipeline.loss import linear_cross_entropy
     from pipeline.model import Transformer, TransformerConfig
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # CPU only: never initialise CUDA here
         torch.manual_seed(0)
         net = Transformer(TransformerConfig(**(model or {}))).train()
         vocab, length = net.cfg.vocab_size, 24

@@ -334,6 +334,7 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
         return {"status": "ok", "commit": commit, "languages": languages,
                 "model": {"checkpoint": str(translator.checkpoint.path), "config": translator.model.cfg.to_dict(),
                           "decoding": asdict(translator.decoding), "device": str(translator.device),
+                          "quantize": translator.quantize,
                           "parameters": sum(p.numel() for p in translator.checkpoint.model.parameters())},
                 "limits": {"max_chars": MAX_CHARS, "max_sentences": MAX_SENTENCES, "max_beam": MAX_BEAM,
                            "max_source_tokens": translator.max_src_tokens},

@@ -34,10 +34,12 @@ QUANTIZE = ("int8", "bf16")  # values of --quantize
 def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     """A copy of `model` prepared for decoding: eval mode and each attention's projections
     merged into one product; then, with quantize="int8", every linear layer (the LM head
-    included) dynamically quantized (int8 weights per output channel, activations quantized
-    per batch on the fly; CPU only: torch's fbgemm/oneDNN kernels), or with quantize="bf16",
-    weights and activations in bfloat16 (fast on GPUs and on CPUs with AMX; log-probabilities
-    are still summed in fp32 by the beam search)."""
+    included) dynamically quantized (int8 weights per output channel; activations quantized on
+    the fly with one scale per tensor, so a sentence's translation can depend on the other
+    sentences of its batch; CPU only: torch's fbgemm/oneDNN kernels), or with quantize="bf16",
+    weights and activations in bfloat16, logits included (fast on GPUs and on CPUs with AMX;
+    the beam search sums log-probabilities in fp32, but near-ties are decided on bf16 logits).
+    What each costs in validation BLEU: bench/evaluate.py."""
     if quantize is not None and quantize not in QUANTIZE:
         raise UserError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     device = next(model.parameters()).device
@@ -51,7 +53,7 @@ def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
 
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao, still the CPU path
             warnings.simplefilter("ignore")
-            model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+            model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
     return model
 
 
@@ -88,7 +90,10 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path: str | Path, beam: int | None = None, device: str = "auto",
                         **kwargs) -> "Translator":
-        """Load a checkpoint file (device "auto": CUDA when available) and wrap it."""
+        """Load a checkpoint file (device "auto": CUDA when available, but the CPU for
+        quantize="int8", which has CPU kernels only) and wrap it."""
+        if device == "auto" and kwargs.get("quantize") == "int8":
+            device = "cpu"
         return cls(load_checkpoint(path, device), beam=beam, **kwargs)
 
     def with_beam(self, beam: int) -> "Translator":

@@ -108,7 +108,7 @@ def test_recipe_precision_null_is_probed_without_leaking_the_choice(tmp_path, mo
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     monkeypatch.delenv("PIPELINE_PRECISION", raising=False)
     settings = bench.recipe_settings(bench.Settings(recipe=str(path)))
-    assert settings["precision"] in ("32-true", "bf16-mixed") and "GFLOP/s" in settings["precision_reason"]
+    assert settings["precision"] in ("32-true", "bf16-mixed") and "bf16 needs" in settings["precision_reason"]
     assert settings["gradient_clip_val"] == 0.5 and settings["model"]["dropout"] == config["model"]["dropout"]
     assert "PIPELINE_PRECISION" not in os.environ
 
@@ -219,3 +219,26 @@ def test_dropping_finished_rows_changes_no_output(seed):
             row, row_1 = tokens[i, j].tolist(), tokens_1[0, j].tolist()
             assert row[: len(row_1)] == row_1 and all(t == PAD for t in row[len(row_1):])
         torch.testing.assert_close(scores_1[0], scores[i], atol=1e-4, rtol=1e-4)
+
+
+def test_evaluate_bench_scores_every_precision(tmp_path, ckpt, tatoeba_dir):
+    from bench import evaluate as evaluate_bench
+
+    out = tmp_path / "evaluate.json"
+    result = evaluate_bench.main(["--ckpt", str(ckpt), "--data", str(tatoeba_dir), "--beam", "2", "--repeats", "1",
+                                  "--out", str(out)])
+    assert json.loads(out.read_text(encoding="utf-8")) == result
+    assert set(result["splits"]) == {"validation", "test"}
+    for split, n in (("validation", 300), ("test", 500)):
+        entries = result["splits"][split]
+        assert set(entries) == {"fp32", "int8", "bf16"}
+        for e in entries.values():
+            assert e["n"] == n and e["beam"] == 2 and 0 <= e["bleu"] <= 100
+            assert 0 < e["spread"]["min"] <= e["sentences_per_s"] <= e["spread"]["max"]
+    for name, verdict in result["quantization"].items():
+        drop = round(result["splits"]["validation"]["fp32"]["bleu"] - result["splits"]["validation"][name]["bleu"], 2)
+        assert verdict["validation_bleu_drop"] == drop and verdict["kept"] == (drop <= 0.3)
+    assert result["quantization"]["fp32"] == {"validation_bleu_drop": 0.0, "kept": True, "speedup_vs_fp32": 1.0}
+    from bench.tables import table
+
+    assert len(table(result).splitlines()) == 2 + 6  # a header and a row per split and precision

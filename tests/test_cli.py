@@ -75,6 +75,11 @@ def test_learning_curve_from_the_fit_log(smoke_run, tmp_path):
     assert result["best_val_bleu"] == max(e["val_bleu"] for e in result["epochs"]) >= 0
     assert result["final"]["test"] == json.loads((run / "results.json").read_text())["test"]
     assert result["wall_time_s"] == result["epochs"][-1]["elapsed_s"] > 0
+    from bench.tables import table  # the README's results table is generated from this JSON
+
+    lines = table(result).splitlines()
+    assert lines[3].startswith(f"| test | {result['final']['test']['bleu']:.2f} | {result['final']['test']['chrf']:.2f} |")
+    assert lines[-1].startswith("2 epochs in ")
 
 
 def test_evaluate_writes_metrics_and_hypotheses(smoke_run, tmp_path):

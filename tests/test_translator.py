@@ -94,3 +94,12 @@ def test_int8_translator_keeps_what_the_model_learnt(seed_run):
 def test_unknown_quantization_is_a_user_error(seed_run):
     with pytest.raises(UserError, match="--quantize must be one of int8"):
         Translator.from_checkpoint(seed_run[0], quantize="int4")
+
+
+def test_bf16_translator_keeps_what_the_model_learnt(seed_run):
+    path, pairs = seed_run
+    translator = Translator.from_checkpoint(path, device="cpu", quantize="bf16")
+    assert {p.dtype for p in translator.model.parameters()} == {torch.bfloat16}
+    assert next(translator.checkpoint.model.parameters()).dtype == torch.float32  # the checkpoint's stays fp32
+    assert translator.translate([p[0] for p in pairs]) == [p[1] for p in pairs]
+    assert translator.with_beam(3).translate([SEED[0]]) == [SEED[1]]
