@@ -67,7 +67,7 @@ def finalize(run: str) -> None:
 
 def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str | None = None,
              beam: int | None = None, length_penalty: float | None = None, batch_size: int = 128,
-             max_tokens: int = 8192, quantize: Literal["int8", "bf16"] | None = None) -> None:
+             max_tokens: int = 8192, quantize: str | None = None) -> None:
     """Translate a dataset split and score it with sacreBLEU (BLEU, chrF); writes
     OUT/metrics.json and OUT/hypotheses.txt.
 
@@ -120,7 +120,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
 
 
 def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch_size: int = 128,
-              show_beams: bool = False, quantize: Literal["int8", "bf16"] | None = None) -> None:
+              show_beams: bool = False, quantize: str | None = None) -> None:
     """Translate sentences from stdin (one a line; a prompt when stdin is a terminal) or --text.
 
     Args:
