@@ -6,9 +6,10 @@ reported loss means the same thing.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.tokenizer import PAD
 
@@ -83,3 +84,38 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight * grad_total.to(grad_weight.dtype), \
             None, None, None
+
+
+def rdrop_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_smoothing: float = 0.0,
+                        alpha: float = 0.0, chunk_rows: int = 1024) -> Tensor:
+    """R-Drop (Liang et al., 2021): the label-smoothed loss of two dropout passes over the same
+    batch plus α times the symmetric KL divergence between their output distributions.
+
+    hidden: (2B, T, d) final decoder states of the batch run twice (rows 0..B-1, then the same
+    B rows again with other dropout masks), weight: (V, d) output projection, target: (B, T).
+    Returns, per real target token, ½(CE₁ + CE₂) + α·½·½(KL(p₁‖p₂) + KL(p₂‖p₁)): the paper's
+    loss halved, so that α = 0 is exactly `linear_cross_entropy` of the two passes together.
+    The KL term needs both full distributions, so the output layer runs in chunks of
+    `chunk_rows` real tokens, each recomputed in the backward pass rather than kept
+    (activation checkpointing): memory stays that of one chunk's (rows × vocabulary) logits.
+    """
+    first, second = hidden.chunk(2)
+    real = target != PAD
+    h1, h2, t = first[real], second[real], target[real]  # (N, d), (N, d), (N,)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, t.size(0), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        total = total + checkpoint(_rdrop_chunk, h1[rows], h2[rows], weight, t[rows], label_smoothing, alpha,
+                                   use_reentrant=False)
+    return total / max(t.size(0), 1)
+
+
+def _rdrop_chunk(h1: Tensor, h2: Tensor, weight: Tensor, target: Tensor, label_smoothing: float,
+                 alpha: float) -> Tensor:
+    """Summed R-Drop loss of n rows: h1, h2 (n, d) the two passes' states, target (n,)."""
+    logits1, logits2 = (h1 @ weight.t()).float(), (h2 @ weight.t()).float()  # (n, V) each
+    ce = (_chunk_losses(logits1, target, label_smoothing) + _chunk_losses(logits2, target, label_smoothing)) / 2
+    logp1, logp2 = logits1.log_softmax(-1), logits2.log_softmax(-1)
+    # KL(p1‖p2) + KL(p2‖p1) = Σ (p1 − p2)(log p1 − log p2): one pass instead of two
+    symmetric_kl = ((logp1.exp() - logp2.exp()) * (logp1 - logp2)).sum(-1)
+    return (ce + alpha * symmetric_kl / 4).sum()

@@ -21,7 +21,7 @@ from pipeline.batching import Batch
 from pipeline.checkpoints import schema_fields
 from pipeline.decoding import DecodingConfig, generate
 from pipeline.errors import UserError
-from pipeline.loss import linear_cross_entropy
+from pipeline.loss import linear_cross_entropy, rdrop_cross_entropy
 from pipeline.metrics import corpus_scores
 from pipeline.model import Transformer, TransformerConfig
 from pipeline.tokenizer import EOS, PAD, decode, load_tokenizer
@@ -38,6 +38,8 @@ class TrainConfig:
         betas: Adam betas.
         eps: Adam epsilon.
         weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
+        rdrop_alpha: R-Drop weight α: each training batch runs twice (two dropout masks) and the loss
+            adds α × their symmetric KL divergence (0: off; > 0 doubles the cost of a step).
         n_samples: sample translations (source, reference, hypothesis) logged at each validation.
         compile: torch.compile the model for training.
     """
@@ -48,6 +50,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
+    rdrop_alpha: float = 0.0
     n_samples: int = 8
     compile: bool = False
 
@@ -57,6 +60,8 @@ class TrainConfig:
         if self.lr <= 0 or self.warmup_steps < 1:
             raise ValueError(f"train.lr must be > 0 and train.warmup_steps >= 1, got {self.lr} and "
                              f"{self.warmup_steps}")
+        if self.rdrop_alpha < 0:
+            raise ValueError(f"train.rdrop_alpha must be >= 0, got {self.rdrop_alpha}")
         self.betas = tuple(self.betas)
 
 
@@ -142,8 +147,13 @@ class TranslationModule(L.LightningModule):
     # -- training ----------------------------------------------------------------------------
     def loss(self, batch: Batch, label_smoothing: float | None = None) -> torch.Tensor:
         """Mean label-smoothed cross-entropy per real target token (padding ignored);
-        label_smoothing defaults to train.label_smoothing."""
+        label_smoothing defaults to train.label_smoothing. In training mode with
+        train.rdrop_alpha > 0, the R-Drop loss of two dropout passes over the batch instead."""
         smoothing = self.train_config.label_smoothing if label_smoothing is None else label_smoothing
+        alpha = self.train_config.rdrop_alpha
+        if alpha > 0 and self.model.training:
+            hidden = self.model(batch.src.repeat(2, 1), batch.tgt_in.repeat(2, 1), project=False)  # (2B, T, d)
+            return rdrop_cross_entropy(hidden, self.model.lm_head.weight, batch.tgt_out, smoothing, alpha)
         hidden = self.model(batch.src, batch.tgt_in, project=False)  # (B, T, d_model)
         return linear_cross_entropy(hidden, self.model.lm_head.weight, batch.tgt_out, smoothing)
 

@@ -7,7 +7,7 @@ import pytest
 
 import torch
 
-from pipeline.loss import linear_cross_entropy, token_cross_entropy
+from pipeline.loss import linear_cross_entropy, rdrop_cross_entropy, token_cross_entropy
 from pipeline.tokenizer import PAD
 
 
@@ -76,3 +76,30 @@ def test_fused_loss_under_bf16_autocast_matches_fp32():
     assert abs(float(fused) - float(reference)) < 0.05 * float(reference)
     for got, want in zip(grads, torch.autograd.grad(reference, (hidden, weight))):
         assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.99
+
+
+def test_rdrop_is_the_mean_of_both_passes_plus_alpha_times_symmetric_kl():
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 5, 16, requires_grad=True)  # two passes over a batch of 2
+    weight = torch.randn(30, 16, requires_grad=True)
+    target = torch.randint(4, 30, (2, 5))
+    target[1, 3:] = PAD
+    logits = hidden @ weight.t()
+    ce = (token_cross_entropy(logits[:2], target, 0.1) + token_cross_entropy(logits[2:], target, 0.1)) / 2
+    lp1, lp2 = logits[:2].log_softmax(-1), logits[2:].log_softmax(-1)
+    kl = lambda a, b: (a.exp() * (a - b)).sum(-1)  # noqa: E731  KL(p_a ‖ p_b) per position
+    real = target != PAD
+    reference = ce + 3.0 * ((kl(lp1, lp2) + kl(lp2, lp1)) / 4)[real].mean()
+    for chunk_rows in (3, 1024):
+        loss = rdrop_cross_entropy(hidden, weight, target, 0.1, alpha=3.0, chunk_rows=chunk_rows)
+        torch.testing.assert_close(loss, reference)
+        for got, want in zip(torch.autograd.grad(loss, (hidden, weight)),
+                             torch.autograd.grad(reference, (hidden, weight), retain_graph=True)):
+            torch.testing.assert_close(got, want)
+    # alpha 0: the plain loss of both passes; identical passes: no KL, so alpha changes nothing
+    torch.testing.assert_close(rdrop_cross_entropy(hidden, weight, target, 0.1, alpha=0.0),
+                               linear_cross_entropy(hidden, weight, target.repeat(2, 1), 0.1))
+    same = torch.cat([hidden[:2], hidden[:2]])
+    torch.testing.assert_close(rdrop_cross_entropy(same, weight, target, 0.1, alpha=5.0),
+                               linear_cross_entropy(hidden[:2], weight, target, 0.1))
+    assert float(rdrop_cross_entropy(hidden, weight, target, 0.1, alpha=5.0)) > float(ce)

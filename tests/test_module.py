@@ -8,7 +8,7 @@ import torch
 from helpers import tiny_config
 from pipeline.batching import collate
 from pipeline.decoding import DecodingConfig
-from pipeline.loss import token_cross_entropy
+from pipeline.loss import rdrop_cross_entropy, token_cross_entropy
 from pipeline.module import TrainConfig, TranslationModule, inverse_sqrt_schedule, merge_eval_outputs
 
 
@@ -42,7 +42,7 @@ def test_hyperparameters_are_the_three_config_groups():
 
 
 @pytest.mark.parametrize("kwargs, field", [({"label_smoothing": 1.0}, "label_smoothing"), ({"lr": 0}, "lr"),
-                                           ({"warmup_steps": 0}, "warmup_steps")])
+                                           ({"warmup_steps": 0}, "warmup_steps"), ({"rdrop_alpha": -1}, "rdrop_alpha")])
 def test_train_config_rejects_bad_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**kwargs)
@@ -57,6 +57,24 @@ def test_loss_uses_the_configured_smoothing_and_ignores_padding():
     torch.testing.assert_close(module.loss(batch), token_cross_entropy(logits, batch.tgt_out, 0.2))
     torch.testing.assert_close(module.loss(batch, 0.0), token_cross_entropy(logits, batch.tgt_out, 0.0))
     assert int((batch.tgt_out == 0).sum()) == 2 and batch.n_tokens == 8
+
+
+def test_rdrop_runs_each_training_batch_twice_with_different_dropout():
+    torch.manual_seed(0)
+    module = TranslationModule(tiny_config(dropout=0.3), TrainConfig(label_smoothing=0.1, rdrop_alpha=5.0))
+    batch = collate([{"src_ids": [5, 6, 7], "tgt_ids": [8, 9], "index": 0},
+                     {"src_ids": [5], "tgt_ids": [8, 9, 10, 11], "index": 1}])
+    module.train()
+    state = torch.get_rng_state()
+    loss = module.loss(batch)
+    torch.set_rng_state(state)  # the same dropout masks, drawn for the doubled batch
+    hidden = module.model(batch.src.repeat(2, 1), batch.tgt_in.repeat(2, 1), project=False)
+    assert not torch.allclose(hidden[:2], hidden[2:])  # two passes, two masks
+    torch.testing.assert_close(loss, rdrop_cross_entropy(hidden, module.model.lm_head.weight, batch.tgt_out, 0.1,
+                                                         5.0))
+    module.eval()  # validation: the plain loss, one pass
+    logits = module.model(batch.src, batch.tgt_in)
+    torch.testing.assert_close(module.loss(batch), token_cross_entropy(logits, batch.tgt_out, 0.1))
 
 
 def test_merge_eval_outputs_deduplicates_rows_across_ranks():
