@@ -80,7 +80,7 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from pipeline.callbacks import AttentionImageCallback, ProgressLog
+    from pipeline.callbacks import AttentionImageCallback, ProgressLog, ReleaseFreedMemory
     from pipeline.checkpoints import AtomicCheckpointIO, read_checkpoint
     from pipeline.datamodule import TranslationDataModule
     from pipeline.decoding import DecodingConfig
@@ -175,7 +175,8 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             if self.subcommand != "fit":
                 return super().instantiate_trainer(logger=False, **kwargs)
             ckpt_dir = self.run_dir / "checkpoints"
-            callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog(), *(extra_callbacks or [])]
+            callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog(), ReleaseFreedMemory(),
+                                                                  *(extra_callbacks or [])]
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
                                              save_top_k=1, save_last=True, auto_insert_metric_name=False,
                                              enable_version_counter=False))
