@@ -25,9 +25,18 @@ def kernel_lookup_of_first_shape(imports: str) -> str:
     return next((word for word in ("create:cache_hit", "create:cache_miss") if word in tail), "")
 
 
+def test_importing_pipeline_sets_the_kernel_cache_unless_the_user_did():
+    code = "import os, pipeline; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                     env=env, timeout=120).stdout.strip()
+    assert run({"PATH": ""}) == "16384"
+    assert run({"PATH": "", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "100"}) == "100"
+
+
 def test_importing_pipeline_keeps_every_bf16_kernel_of_an_epoch_compiled():
     without = kernel_lookup_of_first_shape("")
     if not without:
-        pytest.skip("bf16 matrix products on this CPU do not run in oneDNN (no AVX-512 bf16 or AMX)")
+        pytest.skip("this CPU has no bf16 matrix unit (AVX-512 bf16 or AMX), so torch does not run bf16 products "
+                    "in oneDNN and there is no kernel cache to keep; the setting itself is tested above")
     assert without == "create:cache_miss"  # torch's default: the first shape was evicted and recompiled
     assert kernel_lookup_of_first_shape("import pipeline") == "create:cache_hit"
