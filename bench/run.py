@@ -128,6 +128,7 @@ class Settings:
     matmul_size: int = 2048
     sanity_rows: int | None = None  # rows per decode batch checked cached == uncached; None: all
     threads: int = 0  # 0: torch's default
+    device: str = "cpu"  # cuda: every model and batch on the GPU, CUDA-synchronised timers, no CTranslate2/int8 rows
     ct2_threads: int = 0  # CTranslate2 intra_threads (inter_threads 1); 0: as many as torch uses
     seed: int = 0
 
@@ -179,7 +180,7 @@ def recipe_settings(s: Settings) -> dict:
             probed = {**{k: v for k, v in model.items() if k in TransformerConfig.__dataclass_fields__},
                       **{k: getattr(s, k) for k in ("vocab_size", "d_model", "n_heads", "d_ff")},
                       "encoder_layers": s.layers, "decoder_layers": s.layers}
-            precision, reason = choose_precision("cpu", probed, s.train_batch_sentences * s.train_batch_len)
+            precision, reason = choose_precision(s.device, probed, s.train_batch_sentences * s.train_batch_len)
         finally:
             os.environ.pop(PRECISION_ENV, None)
             if saved is not None:
@@ -206,13 +207,14 @@ class Side:
 
     def __init__(self, name: str, model, loss_fn, lr: float, fused: bool = False, clip: float | None = None):
         self.name, self.model, self.loss_fn, self.clip = name, model, loss_fn, clip
+        self.device_type = next(model.parameters()).device.type
         params = [p for p in model.parameters() if p.requires_grad]
         kind = {"fused": True} if fused else {}  # fused: as TranslationModule in fp32
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, **kind)
 
     def train_step(self, batch: Batch, bf16: bool, label_smoothing: float) -> None:
         """Forward, loss, backward, (clipping,) optimiser step."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=bf16):
             loss = self.loss_fn(self.model, batch, label_smoothing)
         loss.backward()
         if self.clip:
@@ -271,9 +273,17 @@ def ct2_generate(translator, tokens: list[list[str]], beams: int, n: int) -> lis
 
 
 # -- measuring -------------------------------------------------------------------------------
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a timer measures it (CUDA kernels run asynchronously)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -289,10 +299,10 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[floa
     return times
 
 
-def matmul_gflops(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """Best torch.mm rate for (n, n) @ (n, n) in `dtype`."""
+def matmul_gflops(dtype: torch.dtype, n: int, repeats: int = 5, device: str = "cpu") -> float:
+    """Best torch.mm rate for (n, n) @ (n, n) in `dtype` on `device`."""
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
     torch.mm(a, b)
     return 2 * n ** 3 / min(timed(lambda: torch.mm(a, b)) for _ in range(repeats)) / 1e9
 
@@ -419,26 +429,31 @@ def log(msg: str) -> None:
 def run(s: Settings) -> dict:
     if s.threads:
         torch.set_num_threads(s.threads)
+    gpu = s.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here (run without --device for the CPU bench)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     peak_mem = {}
 
     log(f"data: tokenizer (V={s.vocab_size}) and token ids from {s.data}")
     dm = load_data(s)
-    batches, sources = train_batches(dm, s), decode_batches(dm, s)
+    batches = [b.to(s.device) for b in train_batches(dm, s)]
+    sources = [src.to(s.device) for src in decode_batches(dm, s)]
     pad_eff = padding_efficiencies(dm, s)  # on the train_pairs tokenized (all of them by default)
     peak_mem["data"] = peak_rss_mb()
 
     cfg = our_config(s)
     torch.manual_seed(s.seed)
-    ours_model = Transformer(cfg)
+    ours_model = Transformer(cfg).to(s.device)
     torch.manual_seed(s.seed)
-    marian = marian_model(cfg)
+    marian = marian_model(cfg).to(s.device)
     sides = {"ours": Side("ours", ours_model, ours_loss, s.lr), "marian": Side("marian", marian, marian_loss, s.lr)}
     peak_mem["models"] = peak_rss_mb()
 
     log("torch.mm peaks")
-    peak = {"fp32": matmul_gflops(torch.float32, s.matmul_size), "bf16": matmul_gflops(torch.bfloat16, s.matmul_size)}
+    peak = {name: matmul_gflops(dtype, s.matmul_size, device=s.device)
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
     rows, gflops = {}, {}
     tokens = sum(real_tokens(b) for b in batches)
@@ -467,9 +482,9 @@ def run(s: Settings) -> dict:
     log(f"train_recipe: {s.recipe} settings {recipe['model']}, clip {recipe['gradient_clip_val']}, "
         f"precision {recipe['precision']} ({recipe['precision_reason']})")
     torch.manual_seed(s.seed)
-    ours_recipe = Transformer(recipe_cfg).train()
+    ours_recipe = Transformer(recipe_cfg).to(s.device).train()
     torch.manual_seed(s.seed)
-    marian_recipe = marian_model(recipe_cfg).train()
+    marian_recipe = marian_model(recipe_cfg).to(s.device).train()
     # AdamW as TranslationModule.configure_optimizers builds it: fused unless mixed precision.
     recipe_sides = {name: Side(name, model, loss, s.lr, fused=not recipe_bf16, clip=recipe["gradient_clip_val"])
                     for name, model, loss in (("ours", ours_recipe, ours_loss), ("marian", marian_recipe, marian_loss))}
@@ -482,12 +497,14 @@ def run(s: Settings) -> dict:
 
     ct2_threads = s.ct2_threads or torch.get_num_threads()
     log(f"decoding: {len(sources)} batches of {s.decode_batch} validation sentences, "
-        f"{s.max_new_tokens} new tokens each; CTranslate2 on {ct2_threads} threads")
+        f"{s.max_new_tokens} new tokens each" + ("" if gpu else f"; CTranslate2 on {ct2_threads} threads"))
     for side in sides.values():
         side.model.eval()
     fixed = FixedLength(inference_model(ours_model))  # as Translator decodes
-    fixed_int8 = FixedLength(inference_model(ours_model, "int8"))
-    ct2 = ct2_translators(ours_model, dm.tokenizer, ct2_threads)
+    # On a GPU: no int8 (torch's dynamic quantization is CPU-only) and no CTranslate2 rows (its
+    # PyPI wheel is built for one CUDA major version; the CPU bench compares with it).
+    fixed_int8 = None if gpu else FixedLength(inference_model(ours_model, "int8"))
+    ct2 = {} if gpu else ct2_translators(ours_model, dm.tokenizer, ct2_threads)
     # The exported token list: CTranslate2's token i is our id i.
     vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
     token_id = {t: i for i, t in enumerate(vocab)}
@@ -508,9 +525,10 @@ def run(s: Settings) -> dict:
                 if lengths != {s.max_new_tokens}:
                     raise AssertionError(f"CTranslate2 ({compute}, beam {beams}) made {lengths} tokens, "
                                          f"not {s.max_new_tokens}")
-        theirs = ct2_generate(ct2["float32"], toks[: s.sanity_rows], 1, s.max_new_tokens)
-        ct2_equal += [[token_id[t] for t in r.hypotheses[0]] == row_ids
-                      for r, row_ids in zip(theirs, cached.tolist())]
+        if ct2:
+            theirs = ct2_generate(ct2["float32"], toks[: s.sanity_rows], 1, s.max_new_tokens)
+            ct2_equal += [[token_id[t] for t in r.hypotheses[0]] == row_ids
+                          for r, row_ids in zip(theirs, cached.tolist())]
     n_sentences = sum(src.size(0) for src in sources)
     # Through the one decoding entry point, as evaluate/translate use it: ratio 0 + extra n = n new tokens.
     fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
@@ -525,16 +543,20 @@ def run(s: Settings) -> dict:
     def ct2_fn(translator, beams):
         return lambda: [ct2_generate(translator, toks, beams, n) for toks in ct2_sources]
 
-    greedy = rates(n_sentences, interleaved({"ours": ours_fn(1), "marian": marian_fn(1),
-                                             "ct2": ct2_fn(ct2["float32"], 1)}, s.repeats))
+    greedy_fns = {"ours": ours_fn(1), "marian": marian_fn(1)}
+    beam_fns = {"ours": ours_fn(4), "marian": marian_fn(4)}
+    if ct2:
+        greedy_fns["ct2"] = ct2_fn(ct2["float32"], 1)
+        beam_fns.update(ct2=ct2_fn(ct2["float32"], 4), ours_int8=ours_fn(4, fixed_int8),
+                        ct2_int8=ct2_fn(ct2["int8"], 4))
+    greedy = rates(n_sentences, interleaved(greedy_fns, s.repeats))
     rows["greedy"] = row("greedy", greedy["ours"], greedy["marian"])
-    rows["ct2_greedy"] = row("ct2_greedy", greedy["ours"], greedy["ct2"])
-    beam = rates(n_sentences, interleaved({"ours": ours_fn(4), "marian": marian_fn(4), "ct2": ct2_fn(ct2["float32"], 4),
-                                           "ours_int8": ours_fn(4, fixed_int8), "ct2_int8": ct2_fn(ct2["int8"], 4)},
-                                          s.repeats))
+    beam = rates(n_sentences, interleaved(beam_fns, s.repeats))
     rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
-    rows["ct2_beam4"] = row("ct2_beam4", beam["ours"], beam["ct2"])
-    rows["ct2_int8_beam4"] = row("ct2_int8_beam4", beam["ours_int8"], beam["ct2_int8"])
+    if ct2:
+        rows["ct2_greedy"] = row("ct2_greedy", greedy["ours"], greedy["ct2"])
+        rows["ct2_beam4"] = row("ct2_beam4", beam["ours"], beam["ct2"])
+        rows["ct2_int8_beam4"] = row("ct2_int8_beam4", beam["ours_int8"], beam["ct2_int8"])
     del ct2
     fixed_bf16 = FixedLength(inference_model(ours_model, "bf16"))
     marian_bf16 = copy.deepcopy(marian).to(torch.bfloat16)
@@ -558,6 +580,7 @@ def run(s: Settings) -> dict:
         for i, b in enumerate(loader):
             if limit is not None and i >= limit:
                 break
+            b = b.to(s.device)
             side.train_step(b, False, s.label_smoothing)
             n += real_tokens(b)
         return n
@@ -567,8 +590,10 @@ def run(s: Settings) -> dict:
     epoch_rates, epoch_rss = {name: [] for name in EPOCH_RUNS}, {name: [] for name in EPOCH_RUNS}
     for r in range(s.epoch_repeats):
         for name, loader in epoch_loaders(dm, s, r).items():
+            synchronize()
             start = time.perf_counter()
             n = epoch(sides[EPOCH_RUNS[name]], loader)
+            synchronize()
             epoch_rates[name].append(n / (time.perf_counter() - start))
             epoch_rss[name].append(rss_mb())
     rows["epoch_real_tokens"] = row("epoch_real_tokens", epoch_rates["ours"], epoch_rates["marian"])
@@ -583,12 +608,14 @@ def run(s: Settings) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {**asdict(s), "model": {"ours": {**cfg.to_dict(), "layout": "pre-norm"},
                                             "marian": {"layout": "post-norm",
                                                        "attn_implementation": marian.config._attn_implementation}},
-                     "recipe": recipe, "ctranslate2": {"version": ctranslate2_version(), "intra_threads": ct2_threads,
-                                                       "inter_threads": 1, "compute_types": ["float32", "int8"]},
+                     "recipe": recipe,
+                     "ctranslate2": None if gpu else {"version": ctranslate2_version(), "intra_threads": ct2_threads,
+                                                      "inter_threads": 1, "compute_types": ["float32", "int8"]},
                      "parameters": n_params, "train_batch_shapes": [list(b.src.shape) + [b.tgt_in.size(1)]
                                                                     for b in batches],
                      "train_batch_real_tokens": tokens, "epoch_pairs_used": n_pairs,
@@ -604,10 +631,11 @@ def run(s: Settings) -> dict:
         "sanity": {"greedy_cache_equals_no_cache": all(cache_equal), "batches_checked": len(cache_equal),
                    "rows_checked_per_batch": s.sanity_rows or s.decode_batch,
                    "new_tokens_per_hypothesis": s.max_new_tokens,
-                   "ct2_greedy_rows_equal_ours": sum(ct2_equal) / len(ct2_equal)},
+                   "ct2_greedy_rows_equal_ours": sum(ct2_equal) / len(ct2_equal) if ct2_equal else None},
         "targets": TARGETS,
         "seconds": time.perf_counter() - started,
-        "rows": [rows[f] for f in FIGURES],
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if gpu else None,
+        "rows": [rows[f] for f in FIGURES if f in rows],
     }
 
 
@@ -643,9 +671,11 @@ def table(result: dict) -> str:
     lines.append(f"peak RSS {max(result['peak_rss_mb'].values()):.0f} MB; RSS change per repeated epoch: "
                  + ", ".join(f"{k} {v:+.1f} MB" if v is not None else f"{k} n/a" for k, v in growth.items()))
     ct2 = result["settings"]["ctranslate2"]
-    lines.append(f"CTranslate2 {ct2['version']} on {ct2['intra_threads']} threads; its greedy tokens equal ours on "
-                 f"{result['sanity']['ct2_greedy_rows_equal_ours']:.0%} of the rows checked")
-    lines.append(f"{result['threads']} threads, {result['cpu']}, torch {result['torch']}, commit {result['commit']}, "
+    if ct2:
+        lines.append(f"CTranslate2 {ct2['version']} on {ct2['intra_threads']} threads; its greedy tokens equal ours "
+                     f"on {result['sanity']['ct2_greedy_rows_equal_ours']:.0%} of the rows checked")
+    where = result["device"] if result.get("device", "cpu") != "cpu" else result["cpu"]
+    lines.append(f"{result['threads']} threads, {where}, torch {result['torch']}, commit {result['commit']}, "
                  f"load average at start {result['loadavg_1min_at_start']}, {result['seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -658,6 +688,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--out", help="JSON path (default bench/results/<date>-<commit>.json)")
     p.add_argument("--data", default=Settings.data, help="dataset directory (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both models run (default cpu; cuda: no CTranslate2 or int8 rows)")
     p.add_argument("--recipe", default=Settings.recipe,
                    help="config whose training settings train_recipe times (default %(default)s)")
     p.add_argument("--ct2-threads", type=int, default=0,
@@ -666,11 +698,14 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--epoch-repeats", type=int, help="timed epochs per side (default 3, quick 2)")
     p.add_argument("--epoch-pairs", type=int, help="training pairs in the epoch-equivalent (default all, quick 512)")
     args = p.parse_args(argv)
-    s = Settings(data=args.data, recipe=args.recipe, threads=args.threads, ct2_threads=args.ct2_threads)
+    s = Settings(data=args.data, recipe=args.recipe, threads=args.threads, ct2_threads=args.ct2_threads,
+                 device=args.device)
     if args.quick:
         s = replace(s, **QUICK)
     if args.tiny:
         s = replace(s, **TINY)
+    elif s.device == "cuda":  # a 2048 product is too small to reach a GPU's peak
+        s = replace(s, matmul_size=8192)
     overrides = {"repeats": args.repeats, "epoch_repeats": args.epoch_repeats, "epoch_pairs": args.epoch_pairs}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     if min(s.repeats, s.epoch_repeats) < 1 or (s.epoch_pairs is not None and s.epoch_pairs < 1):

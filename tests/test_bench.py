@@ -242,3 +242,10 @@ def test_evaluate_bench_scores_every_precision(tmp_path, ckpt, tatoeba_dir):
     from bench.tables import table
 
     assert len(table(result).splitlines()) == 2 + 6  # a header and a row per split and precision
+
+
+def test_cuda_bench_refuses_clearly_without_a_gpu(tmp_path, multi30k_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="torch sees no CUDA GPU"):
+        bench.main(["--tiny", "--device", "cuda", "--data", str(multi30k_dir), "--out", str(tmp_path / "b.json")])
+    assert not (tmp_path / "b.json").exists()

@@ -1,0 +1,34 @@
+# The recipe search on a lent GPU (the recipe issue: "a Multi30k epoch takes seconds there"):
+# several recipes of configs/multi30k.yaml trained side by side on the one GPU, each for the
+# same wall-clock cap, then `final:` as `make train` does it. The learning curves (validation
+# BLEU per epoch) are compared at equal epochs and at equal CPU cost in docs/recipes.md;
+# the winner is confirmed with the CPU recipe (`make train`).
+#   device run: bash bench/gpu_recipes.sh      (carry .whl and .gpu; TRAIN_S, KILL_S override)
+# Writes $OUT/recipes.tar.gz: per run its config.yaml, metrics.csv, results.json and log
+# (never checkpoints); `python -m bench.curve --run DIR` turns each into results/recipes/*.json.
+source bench/gpu_env.sh
+R=/tmp/runs
+TRAIN=${TRAIN_S:-360}   # seconds of training per run (trainer.max_time)
+KILL=${KILL_S:-540}     # hard stop for a run, final selection included
+declare -A RECIPES=(
+  [base]=""
+  [rdrop5]="--train.rdrop_alpha 5"
+  [rdrop1]="--train.rdrop_alpha 1"
+  [tiny]="--model.d_model 128 --model.d_ff 256 --model.encoder_layers 4 --model.decoder_layers 4 --train.lr 0.005 --train.warmup_steps 2000"
+  [lr2e-3]="--train.lr 0.002"
+  [postnorm]="--model.pre_norm false"
+  [bpe10k]="--data.vocab_size 10000"
+  [bpe16k]="--data.vocab_size 16000"
+)
+mkdir -p $R
+for name in "${!RECIPES[@]}"; do
+  OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 timeout $KILL python3 -m pipeline fit --config configs/multi30k.yaml \
+      --data.path $DATA --run.root $R --run.name gpu-$name --run.logger csv \
+      --trainer.max_time $(printf "00:00:%02d:%02d" $((TRAIN / 60)) $((TRAIN % 60))) --trainer.enable_progress_bar false \
+      --final.beams "[1, 5]" --final.length_penalties "[1.0]" ${RECIPES[$name]} > $R/gpu-$name.log 2>&1 &
+done
+sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+wait
+cd $R && for d in gpu-*/; do d=${d%/}; cp $d.log $d/fit.log; done
+tar czf $OUT/recipes.tar.gz gpu-*/config.yaml gpu-*/metrics.csv gpu-*/results.json gpu-*/fit.log 2>/dev/null
+for f in gpu-*.log; do echo "== $f"; grep -E "^epoch|^final: test|Error|error" $f | tail -4; done
