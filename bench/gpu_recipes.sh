@@ -23,7 +23,7 @@ declare -A RECIPES=(
 mkdir -p $R
 for name in "${!RECIPES[@]}"; do
   OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 timeout $KILL python3 -m pipeline fit --config configs/multi30k.yaml \
-      --data.path $DATA --run.root $R --run.name gpu-$name --run.logger csv \
+      --data.path $DATA --run.root $R --run.name gpu-$name --run.logger csv --run.overwrite true \
       --trainer.max_time $(printf "00:00:%02d:%02d" $((TRAIN / 60)) $((TRAIN % 60))) --trainer.enable_progress_bar false \
       --final.beams "[1, 5]" --final.length_penalties "[1.0]" ${RECIPES[$name]} > $R/gpu-$name.log 2>&1 &
 done
