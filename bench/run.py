@@ -391,15 +391,17 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
-def padding_efficiencies(dm: TranslationDataModule, s: Settings) -> dict[str, float]:
-    """Real / padded tokens of an epoch: ours (token buckets) and random fixed-size batches."""
-    ds = dm.splits["train"]
-    src_lens, tgt_lens = [len(a) + 1 for a in ds["src_ids"]], [len(b) + 1 for b in ds["tgt_ids"]]
-    lengths = [max(a, b) for a, b in zip(src_lens, tgt_lens)]
+def padding_efficiencies(dm: TranslationDataModule, s: Settings, recipe_max_tokens: int) -> dict[str, float]:
+    """Real / padded tokens of an epoch, source and target together: ours = the batches `fit`
+    trains on (the datamodule's sampler: token buckets, pairs of equal length ordered by target
+    then source length) at the bench's bucket size and at the recipe's data.max_tokens; marian =
+    random fixed-size batches."""
+    src_lens, tgt_lens = dm.lengths("train")
     return {
-        "ours": padding_efficiency(TokenBucketSampler(lengths, s.bucket_max_tokens, seed=s.seed).batches(),
-                                   src_lens, tgt_lens),
-        "marian": padding_efficiency(random_batches(len(lengths), s.marian_batch_size, s.seed), src_lens, tgt_lens),
+        "ours": dm.sampler("train", s.bucket_max_tokens, shuffle=True).padding_efficiency(src_lens, tgt_lens),
+        "ours_recipe_max_tokens": dm.sampler("train", recipe_max_tokens, shuffle=True).padding_efficiency(
+            src_lens, tgt_lens),
+        "marian": padding_efficiency(random_batches(len(src_lens), s.marian_batch_size, s.seed), src_lens, tgt_lens),
     }
 
 
@@ -440,7 +442,9 @@ def run(s: Settings) -> dict:
     dm = load_data(s)
     batches = [b.to(s.device) for b in train_batches(dm, s)]
     sources = [src.to(s.device) for src in decode_batches(dm, s)]
-    pad_eff = padding_efficiencies(dm, s)  # on the train_pairs tokenized (all of them by default)
+    recipe_data = yaml.safe_load((ROOT / s.recipe).read_text(encoding="utf-8")).get("data") or {}
+    # on the train_pairs tokenized (all of them by default)
+    pad_eff = padding_efficiencies(dm, s, recipe_data.get("max_tokens", s.bucket_max_tokens))
     peak_mem["data"] = peak_rss_mb()
 
     cfg = our_config(s)
@@ -659,7 +663,8 @@ def table(result: dict) -> str:
     lines.append(f"train_recipe: {recipe['path']} {recipe['model']}, clip {recipe['gradient_clip_val']}, precision "
                  f"{recipe['precision']} ({recipe['precision_reason']}); epoch_same_batches: Marian on our batches")
     pe = result["padding_efficiency"]
-    lines.append(f"padding efficiency: ours (token buckets) {pe['ours']:.3f}, random batches {pe['marian']:.3f} "
+    lines.append(f"padding efficiency: ours (token buckets) {pe['ours']:.3f} (at the recipe's max_tokens "
+                 f"{pe['ours_recipe_max_tokens']:.3f}), random batches {pe['marian']:.3f} "
                  f"(target {result['targets']['padding_efficiency']})")
     peak, g = result["peak_matmul_gflops"], result["train_gflops"]
     lines.append(f"torch.mm peak GFLOP/s: fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f}; training step "

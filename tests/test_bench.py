@@ -70,9 +70,13 @@ def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
         assert timed["precision"] == recipe["trainer"]["precision"]
     ct2 = result["settings"]["ctranslate2"]
     assert ct2["inter_threads"] == 1 and ct2["intra_threads"] == result["threads"]
-    for name in ("ours", "marian"):
+    for name in ("ours", "ours_recipe_max_tokens", "marian"):
         assert 0 < result["padding_efficiency"][name] <= 1
     assert result["padding_efficiency"]["ours"] > result["padding_efficiency"]["marian"]
+    # ours is what `fit` trains on: the datamodule's own sampler, at the bench's bucket size
+    fields = bench.Settings.__dataclass_fields__
+    dm = bench.load_data(bench.Settings(**{k: v for k, v in result["settings"].items() if k in fields}))
+    assert result["padding_efficiency"]["ours"] == pytest.approx(dm.padding_efficiency("train"))
     for precision in ("fp32", "bf16"):
         assert result["peak_matmul_gflops"][precision] > 0
         assert result["train_gflops"][f"ours_{precision}"] > 0
