@@ -206,11 +206,14 @@ class MultiHeadAttention(nn.Module):
         fold = B // k.size(0)  # hypotheses per cached sentence (1 but in beam search)
         if fold > 1:
             q = q.view(-1, fold, h, Tq, d_k).transpose(1, 2).reshape(-1, h, fold * Tq, d_k)
-        # The fused kernel cannot take our dropout, so training with attention dropout runs the
-        # plain path (its weights are small: (B, h, Tq, Tk) against (B, T, d_ff) elsewhere).
+        # Attention dropout: on GPUs the fused kernel draws it itself (Philox, as F.dropout does
+        # there). On CPU the fused kernel would fall back to torch's slow per-element draws, so
+        # training with attention dropout runs the plain path with our cheaper masks (dropout.py;
+        # its weights are small: (B, h, Tq, Tk) against (B, T, d_ff) elsewhere).
         dropping = self.training and self.dropout.p > 0
-        if self.fused and not need_weights and not dropping:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        if self.fused and not need_weights and not (dropping and q.device.type == "cpu"):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                                 dropout_p=self.dropout.p if dropping else 0.0)
             self.weights = None
         else:
             if causal:

@@ -230,3 +230,26 @@ def test_causal_flag_equals_an_explicit_causal_mask():
     torch.testing.assert_close(fused(x, causal=True), expected)
     torch.testing.assert_close(plain(x, causal=True), expected)
     torch.testing.assert_close(fused(x, mask=causal_mask(6)), expected)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_training_attention_dropout_path_follows_the_device(device, monkeypatch):
+    """With attention dropout in training, CPU runs the plain path (our cheap masks); other
+    devices (CUDA; here the meta device, which has no CPU kernels) hand the dropout to the fused
+    kernel, so flash attention still runs during GPU training."""
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("dropout_p", 0.0))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    mha = MultiHeadAttention(16, 2, dropout=0.25).to(device).train()
+    x = torch.randn(2, 5, 16, device=device)
+    out = mha(x, causal=True)
+    assert out.shape == (2, 5, 16)
+    assert calls == ([] if device == "cpu" else [0.25])
+    mha.eval()
+    mha(x, causal=True)
+    assert calls[-1] == 0.0  # no dropout outside training, on every device
