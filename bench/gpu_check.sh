@@ -4,6 +4,7 @@
 source bench/gpu_env.sh
 set -x
 R=/tmp/runs
+rm -rf $R/smoke  # a warm machine keeps /tmp: never report an earlier run
 timeout 150 python3 -m pipeline fit --config configs/smoke.yaml --data.path $DATA --run.root $R \
     --trainer.precision null 2>&1 | grep -v Warning | tail -25
 timeout 60 python3 -m pipeline evaluate --ckpt $R/smoke/checkpoints/final.ckpt --data $DATA --split test \

@@ -211,6 +211,9 @@ class MultiHeadAttention(nn.Module):
         # training with attention dropout runs the plain path with our cheaper masks (dropout.py;
         # its weights are small: (B, h, Tq, Tk) against (B, T, d_ff) elsewhere).
         dropping = self.training and self.dropout.p > 0
+        if causal and mask is not None:  # both: one boolean mask for either path
+            mask = mask & causal_mask(k.size(2), q.device)[:, :, -q.size(2):]
+            causal = False
         if self.fused and not need_weights and not (dropping and q.device.type == "cpu"):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                  dropout_p=self.dropout.p if dropping else 0.0)

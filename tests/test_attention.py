@@ -253,3 +253,16 @@ def test_training_attention_dropout_path_follows_the_device(device, monkeypatch)
     mha.eval()
     mha(x, causal=True)
     assert calls[-1] == 0.0  # no dropout outside training, on every device
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_causal_flag_with_a_padding_mask_combines_both(fused):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 2, fused=fused).eval()
+    x = torch.randn(2, 5, 16)
+    keys = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    pad = keys[:, None, None, :]  # (B, 1, 1, Tk)
+    both = mha(x, mask=pad, causal=True)
+    explicit = mha(x, mask=pad & causal_mask(5))
+    torch.testing.assert_close(both, explicit)
+    assert not torch.allclose(both, mha(x, mask=pad))  # the causal part was not dropped
