@@ -9,7 +9,8 @@ x 24 tokens. The training step uses the recipe's settings (configs/multi30k.yaml
 label smoothing, gradient clipping, AdamW as TranslationModule builds it) in the precision the
 recipe trains in (precision null: what pipeline.hardware.choose_precision picks on this machine),
 with the loss as TranslationModule computes it. The decode is generate(beam=4) on 64 validation
-sentences with EOS forbidden, exactly 30 new tokens per hypothesis (as the benchmark's beam4).
+sentences with EOS forbidden, exactly 30 new tokens per hypothesis, on the model as Translator
+prepares it (projections merged), as the benchmark's beam4.
 Each is run twice untimed first (warm-up), then once under the profiler; the tables list the
 top 25 operators by self CPU time. Like the benchmark, it only means something on an idle machine.
 """
@@ -30,6 +31,7 @@ from bench.run import (QUICK, ROOT, TINY, FixedLength, Settings, Side, cpu_name,
                        load_data, log, our_config, ours_loss, real_tokens, recipe_settings, train_batches)
 from pipeline.decoding import DecodingConfig, generate
 from pipeline.model import Transformer
+from pipeline.translator import inference_model
 
 ROWS = 25
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
     log(f"training step: batch {list(batch.src.shape)} -> {list(batch.tgt_in.shape)}, {recipe['precision']}")
     train_table, train_seconds = operator_table(lambda: side.train_step(batch, bf16, recipe["label_smoothing"]))
     model.eval()
-    fixed, n = FixedLength(model), s.max_new_tokens
+    fixed, n = FixedLength(inference_model(model)), s.max_new_tokens  # as Translator and bench.run decode
     config = DecodingConfig(max_len_ratio=0.0, max_len_extra=n)  # exactly n new tokens: EOS is forbidden
     log(f"beam-4 decode: {src.size(0)} sentences x {n} tokens")
     decode_table, decode_seconds = operator_table(lambda: generate(fixed, src, config, beam=4))
