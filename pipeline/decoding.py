@@ -169,14 +169,20 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
     fin_tokens, fin_score = out_tokens.clone(), out_score.clone()
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * k, device=device)[None]  # (1, 2k): candidates come sorted
+    # The first step decodes one row per sentence (all k beams are the same BOS then; only the
+    # first may expand) where its V tokens hold the 2k candidates; the caches grow to k rows
+    # per sentence at the first reorder.
+    first_width = 1 if 2 * k <= getattr(getattr(model, "cfg", None), "vocab_size", 0) else k
     for t in range(1, max_len + 1):
         b = alive.size(0)
-        logits = next_logits(model, alive[:, :, -1].reshape(b * k, 1), memory, src_mask, cache).float()  # (b·k, V)
+        width = first_width if t == 1 else k
+        logits = next_logits(model, alive[:, :width, -1].reshape(b * width, 1), memory, src_mask,
+                             cache).float()  # (b·width, V)
         V = logits.size(-1)
         # log p(hypothesis + token) = its log p + logit − logsumexp: one pass over the (b·k, V)
         # logits after the logsumexp, instead of a log-softmax and then an addition
-        total = logits.sub_((logits.logsumexp(-1) - alive_logp.view(-1))[:, None])
-        cand_logp, cand = total.view(b, k * V).topk(2 * k, dim=1)  # (b, 2k)
+        total = logits.sub_((logits.logsumexp(-1) - alive_logp[:, :width].reshape(-1))[:, None])
+        cand_logp, cand = total.view(b, width * V).topk(2 * k, dim=1)  # (b, 2k)
         cand_beam, cand_token = cand // V, cand % V
         cand_seq = torch.cat([alive.gather(1, cand_beam[..., None].expand(-1, -1, t)), cand_token[..., None]], 2)
         is_eos = cand_token == EOS
@@ -197,8 +203,8 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
         # so at least k of the 2k candidates remain).
         alive_logp, pick = cand_logp.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
         alive = cand_seq.gather(1, pick[..., None].expand(-1, -1, t + 1))
-        # Each hypothesis's parent: its row in this step's (b*k)-row caches.
-        parent = torch.arange(b, device=device)[:, None] * k + cand_beam.gather(1, pick)  # (b, k)
+        # Each hypothesis's parent: its row in this step's (b·width)-row caches.
+        parent = torch.arange(b, device=device)[:, None] * width + cand_beam.gather(1, pick)  # (b, k)
         dropped = 4 * int(done.sum()) >= b
         if dropped:  # done sentences leave: keep their results, drop their rows
             out_tokens[sent[done]], out_score[sent[done]] = fin_tokens[done], fin_score[done]

@@ -333,3 +333,23 @@ def test_generate_never_runs_past_the_positional_table():
 def test_generate_rejects_impossible_requests(beam, nbest):
     with pytest.raises(ValueError, match="nbest"):
         generate(biased_model(), sources(), DecodingConfig(), beam=beam, nbest=nbest)
+
+
+def test_beam_search_decodes_one_row_per_sentence_at_the_first_step():
+    """All beams start as the same BOS, so step 1 runs B rows, later steps B·k; the results are
+    those of the plain search (the score and brute-force tests above hold them to it)."""
+    model = biased_model(eos_bias=0.5)
+    src = sources(3)
+    rows = []
+    decode = model.decode
+
+    def counting(tgt, *args, **kwargs):
+        rows.append(tgt.size(0))
+        return decode(tgt, *args, **kwargs)
+
+    model.decode = counting
+    tokens, scores = beam_search(model, src, beam=4, max_len=6, alpha=1.0)
+    assert rows[0] == 3 and rows[1] == 3 * 4
+    for i in range(3):
+        for hyp, score in zip((strip(h) for h in tokens[i].tolist()), scores[i].tolist()):
+            assert score == pytest.approx(model_logp(model, src[i], hyp) / len(hyp), abs=1e-4)
