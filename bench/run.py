@@ -38,7 +38,9 @@ contestants alternate within every repeat so that drifting background load hits 
   ct2_int8_beam4          pipeline.export.export_ctranslate2), fp32 and int8 (compute_type at
                           load), min_decoding_length = max_decoding_length = 30; our figure is
                           our fp32 decoding (the same runs as greedy / beam4), and for
-                          ct2_int8_beam4 our int8 decoding (`--quantize int8`).
+                          ct2_int8_beam4 our int8 decoding (`--quantize int8`). CTranslate2
+                          runs in a process of its own (bench.ct2_worker: loaded into ours it
+                          slowed our decoding 1.31x) and times its own calls.
   greedy_bf16, beam4_bf16 greedy and beam 4 with weights and activations in bfloat16 on both sides
                           (ours: `--quantize bf16`; Marian: the model cast with .to(bfloat16)).
 Our decoding runs the model as `Translator` prepares it (pipeline.translator.inference_model:
@@ -56,6 +58,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import multiprocessing
 import os
 import resource
 import statistics
@@ -63,6 +66,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -71,6 +75,7 @@ from torch.utils.data import DataLoader
 
 import yaml
 
+from bench.ct2_worker import COMPUTE_TYPES, CT2Worker
 from bench.report import write_result
 from pipeline.batching import Batch, TokenBucketSampler, collate, padding_efficiency
 from pipeline.checkpoints import Checkpoint
@@ -247,29 +252,22 @@ def marian_generate(model, src: torch.Tensor, beams: int, n: int) -> torch.Tenso
                           max_new_tokens=n, min_new_tokens=n, length_penalty=1.0, use_cache=True)
 
 
-def ct2_translators(model: Transformer, tokenizer, threads: int) -> dict:
-    """Our model converted by pipeline.export.export_ctranslate2 and loaded by CTranslate2, in
-    fp32 and int8 (quantized at load, compute_type="int8"), each on `threads` threads."""
-    import ctranslate2
-
+def ct2_worker(model: Transformer, tokenizer, threads: int) -> CT2Worker:
+    """Our model converted by pipeline.export.export_ctranslate2 and loaded by CTranslate2 in fp32
+    and int8 (quantized at load, compute_type="int8"), each on `threads` threads, in a worker
+    process of its own (bench.ct2_worker says why)."""
     checkpoint = Checkpoint(model=model, tokenizer=tokenizer, languages=("de", "en"), decoding=DecodingConfig(),
                             hparams={}, path=Path("bench"))
-    with tempfile.TemporaryDirectory() as tmp:  # the translators hold the model in memory once loaded
-        export_ctranslate2(checkpoint, tmp, overwrite=True)
-        return {compute: ctranslate2.Translator(tmp, device="cpu", compute_type=compute, inter_threads=1,
-                                                intra_threads=threads) for compute in ("float32", "int8")}
+    with tempfile.TemporaryDirectory() as tmp:  # the worker holds the model in memory once loaded
+        # The converter imports ctranslate2 too: convert in a short-lived process of its own.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as converter:
+            converter.submit(export_ctranslate2, checkpoint, tmp, True).result()
+        return CT2Worker(tmp, threads, suppress=[[SPECIAL_TOKENS[PAD]], [SPECIAL_TOKENS[BOS]]])
 
 
 def ct2_tokens(src: torch.Tensor, vocab: list[str]) -> list[list[str]]:
     """(B, S) ids + EOS -> CTranslate2's input: token strings without EOS and padding (it appends EOS)."""
     return [[vocab[i] for i in row if i not in (PAD, EOS)] for row in src.tolist()]
-
-
-def ct2_generate(translator, tokens: list[list[str]], beams: int, n: int) -> list:
-    """Exactly n tokens per hypothesis (EOS disabled before n), PAD and BOS ruled out as ours does."""
-    return translator.translate_batch(tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0,
-                                      min_decoding_length=n, max_decoding_length=n, max_batch_size=0,
-                                      suppress_sequences=[[SPECIAL_TOKENS[PAD]], [SPECIAL_TOKENS[BOS]]])
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -280,11 +278,13 @@ def synchronize() -> None:
 
 
 def timed(fn) -> float:
+    """Seconds fn takes; a function that runs elsewhere (CTranslate2's worker process) returns
+    the seconds it measured there, which count instead (the pipe's round trip does not)."""
     synchronize()
     start = time.perf_counter()
-    fn()
+    measured_there = fn()
     synchronize()
-    return time.perf_counter() - start
+    return measured_there if isinstance(measured_there, float) else time.perf_counter() - start
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -508,7 +508,7 @@ def run(s: Settings) -> dict:
     # On a GPU: no int8 (torch's dynamic quantization is CPU-only) and no CTranslate2 rows (its
     # PyPI wheel is built for one CUDA major version; the CPU bench compares with it).
     fixed_int8 = None if gpu else FixedLength(inference_model(ours_model, "int8"))
-    ct2 = {} if gpu else ct2_translators(ours_model, dm.tokenizer, ct2_threads)
+    ct2 = None if gpu else ct2_worker(ours_model, dm.tokenizer, ct2_threads)
     # The exported token list: CTranslate2's token i is our id i.
     vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
     token_id = {t: i for i, t in enumerate(vocab)}
@@ -522,17 +522,18 @@ def run(s: Settings) -> dict:
             raise AssertionError(f"ours made {cached.size(1)} tokens, not {s.max_new_tokens}")
         if marian_generate(marian, src, 1, s.max_new_tokens).size(1) != s.max_new_tokens + 1:  # + start token
             raise AssertionError(f"Marian did not make exactly {s.max_new_tokens} tokens")
-        for compute, translator in ct2.items():
+        if ct2 is None:
+            continue
+        for compute in COMPUTE_TYPES:
             for beams in (1, 4):
-                lengths = {len(r.hypotheses[0]) for r in ct2_generate(translator, toks[: s.sanity_rows], beams,
-                                                                      s.max_new_tokens)}
+                _, (theirs,) = ct2.translate(compute, [toks[: s.sanity_rows]], beams, s.max_new_tokens, keep=True)
+                lengths = {len(hypothesis) for hypothesis in theirs}
                 if lengths != {s.max_new_tokens}:
                     raise AssertionError(f"CTranslate2 ({compute}, beam {beams}) made {lengths} tokens, "
                                          f"not {s.max_new_tokens}")
-        if ct2:
-            theirs = ct2_generate(ct2["float32"], toks[: s.sanity_rows], 1, s.max_new_tokens)
-            ct2_equal += [[token_id[t] for t in r.hypotheses[0]] == row_ids
-                          for r, row_ids in zip(theirs, cached.tolist())]
+                if compute == "float32" and beams == 1:
+                    ct2_equal += [[token_id[t] for t in hypothesis] == row_ids
+                                  for hypothesis, row_ids in zip(theirs, cached.tolist())]
     n_sentences = sum(src.size(0) for src in sources)
     # Through the one decoding entry point, as evaluate/translate use it: ratio 0 + extra n = n new tokens.
     fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
@@ -544,24 +545,23 @@ def run(s: Settings) -> dict:
     def marian_fn(beams, model=marian):
         return lambda: [marian_generate(model, src, beams, n) for src in sources]
 
-    def ct2_fn(translator, beams):
-        return lambda: [ct2_generate(translator, toks, beams, n) for toks in ct2_sources]
+    def ct2_fn(compute, beams):
+        return lambda: ct2.translate(compute, ct2_sources, beams, n)[0]  # seconds, measured in the worker
 
     greedy_fns = {"ours": ours_fn(1), "marian": marian_fn(1)}
     beam_fns = {"ours": ours_fn(4), "marian": marian_fn(4)}
-    if ct2:
-        greedy_fns["ct2"] = ct2_fn(ct2["float32"], 1)
-        beam_fns.update(ct2=ct2_fn(ct2["float32"], 4), ours_int8=ours_fn(4, fixed_int8),
-                        ct2_int8=ct2_fn(ct2["int8"], 4))
+    if ct2 is not None:
+        greedy_fns["ct2"] = ct2_fn("float32", 1)
+        beam_fns.update(ct2=ct2_fn("float32", 4), ours_int8=ours_fn(4, fixed_int8), ct2_int8=ct2_fn("int8", 4))
     greedy = rates(n_sentences, interleaved(greedy_fns, s.repeats))
     rows["greedy"] = row("greedy", greedy["ours"], greedy["marian"])
     beam = rates(n_sentences, interleaved(beam_fns, s.repeats))
     rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
-    if ct2:
+    if ct2 is not None:
+        ct2.close()
         rows["ct2_greedy"] = row("ct2_greedy", greedy["ours"], greedy["ct2"])
         rows["ct2_beam4"] = row("ct2_beam4", beam["ours"], beam["ct2"])
         rows["ct2_int8_beam4"] = row("ct2_int8_beam4", beam["ours_int8"], beam["ct2_int8"])
-    del ct2
     fixed_bf16 = FixedLength(inference_model(ours_model, "bf16"))
     marian_bf16 = copy.deepcopy(marian).to(torch.bfloat16)
     half = rates(n_sentences, interleaved({
@@ -617,8 +617,9 @@ def run(s: Settings) -> dict:
                                             "marian": {"layout": "post-norm",
                                                        "attn_implementation": marian.config._attn_implementation}},
                      "recipe": recipe,
-                     "ctranslate2": None if gpu else {"version": ctranslate2_version(), "intra_threads": ct2_threads,
-                                                      "inter_threads": 1, "compute_types": ["float32", "int8"]},
+                     "ctranslate2": None if gpu else {"version": ct2.version, "intra_threads": ct2_threads,
+                                                      "inter_threads": 1, "compute_types": list(COMPUTE_TYPES),
+                                                      "process": "its own (bench.ct2_worker)"},
                      "parameters": n_params, "train_batch_shapes": [list(b.src.shape) + [b.tgt_in.size(1)]
                                                                     for b in batches],
                      "train_batch_real_tokens": tokens, "epoch_pairs_used": n_pairs,
@@ -640,12 +641,6 @@ def run(s: Settings) -> dict:
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if gpu else None,
         "rows": [rows[f] for f in FIGURES if f in rows],
     }
-
-
-def ctranslate2_version() -> str:
-    import ctranslate2
-
-    return ctranslate2.__version__
 
 
 def table(result: dict) -> str:

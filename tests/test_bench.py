@@ -257,3 +257,26 @@ def test_cuda_bench_refuses_clearly_without_a_gpu(tmp_path, multi30k_dir, monkey
     with pytest.raises(SystemExit, match="torch sees no CUDA GPU"):
         bench.main(["--tiny", "--device", "cuda", "--data", str(multi30k_dir), "--out", str(tmp_path / "b.json")])
     assert not (tmp_path / "b.json").exists()
+
+
+def test_ctranslate2_runs_outside_the_bench_process(tmp_path, multi30k_dir):
+    """Loaded into the bench's process, CTranslate2 slowed our decoding 1.31x: its rows must come
+    from the worker process, leaving the bench's own process without it."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from bench import run; "
+              f"run.main(['--tiny', '--data', {str(multi30k_dir)!r}, '--out', {str(tmp_path / 'b.json')!r}]); "
+              "print('ctranslate2 loaded here:', 'ctranslate2' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ctranslate2 loaded here: False" in done.stdout
+    rows = {r["figure"]: r for r in json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))["rows"]}
+    assert all(rows[f]["ctranslate2"] > 0 for f in ("ct2_greedy", "ct2_beam4", "ct2_int8_beam4"))
+
+
+def test_ctranslate2_worker_names_what_it_could_not_load(tmp_path):
+    from bench.ct2_worker import CT2Worker
+
+    with pytest.raises(RuntimeError, match=f"CTranslate2 worker could not load {tmp_path}"):
+        CT2Worker(str(tmp_path), threads=1, suppress=[])

@@ -1,0 +1,118 @@
+"""CTranslate2 in a process of its own, for bench.run's ct2_* rows.
+
+Why a separate process: CTranslate2's wheel brings its own OpenMP runtime (a second libgomp) and
+its own math libraries. Loaded into the bench's process it slowed our PyTorch decoding down by
+1.31x, even with CTranslate2 idle (bench/results/2026-11-26-13b44f6-ct2-in-process.json), so
+every row timed after it was loaded (ours and MarianMT) measured a machine that users do not
+have. In its own process each engine runs as it would alone; the bench still alternates the
+contestants within each repeat, one at a time (the parent waits while the worker decodes).
+
+The worker times each call itself, so the figure is CTranslate2's decoding alone, without the
+pipe; after a call it waits `settle_s` before answering, so that its OpenMP threads have
+stopped spinning before the parent's next timed call starts.
+
+    with CT2Worker(model_dir, threads=2, suppress=[["<pad>"]]) as worker:   # loads fp32 and int8
+        seconds, hypotheses = worker.translate("float32", batches, beams=4, n=30, keep=True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+COMPUTE_TYPES = ("float32", "int8")
+
+
+def serve(model_dir: str, threads: int, settle_s: float, suppress: list[list[str]]) -> None:
+    """Worker loop on stdin/stdout (pickled messages): load the translators, then answer
+    ("translate", compute, batches, beams, n, keep) with (seconds, hypotheses or None) until
+    ("close",) or end of input."""
+    # Replies go out on a private copy of stdout; fd 1 then points at stderr, so that anything
+    # the libraries print cannot corrupt the pickled stream.
+    requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    try:
+        import ctranslate2
+
+        translators = {compute: ctranslate2.Translator(model_dir, device="cpu", compute_type=compute,
+                                                       inter_threads=1, intra_threads=threads)
+                       for compute in COMPUTE_TYPES}
+        ready = ("ready", ctranslate2.__version__)
+    except Exception as e:  # the parent turns this into its error message
+        ready = ("error", f"{type(e).__name__}: {e}")
+    pickle.dump(ready, replies)
+    replies.flush()
+    if ready[0] != "ready":
+        return
+    while True:
+        try:
+            message = pickle.load(requests)
+        except EOFError:
+            return
+        if message[0] == "close":
+            return
+        _, compute, batches, beams, n, keep = message
+        start = time.perf_counter()
+        results = [translators[compute].translate_batch(
+            tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0, min_decoding_length=n,
+            max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress) for tokens in batches]
+        seconds = time.perf_counter() - start
+        time.sleep(settle_s)
+        pickle.dump((seconds, [[r.hypotheses[0] for r in batch] for batch in results] if keep else None), replies)
+        replies.flush()
+
+
+class CT2Worker:
+    """A CTranslate2 model (exported by pipeline.export.export_ctranslate2 to `model_dir`) loaded
+    in fp32 and int8 by `python -m bench.ct2_worker` in a process of its own (a plain
+    subprocess, not multiprocessing: its spawn would import the bench, and with it torch, into
+    the worker). `suppress` lists token sequences ruled out at every step (bench.run forbids PAD
+    and BOS, as our decoding does)."""
+
+    def __init__(self, model_dir: str, threads: int, suppress: list[list[str]], settle_s: float = 0.3):
+        args = json.dumps({"model_dir": str(model_dir), "threads": threads, "settle_s": settle_s, "suppress": suppress})
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.ct2_worker", args],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            status, detail = pickle.load(self.process.stdout)
+        except EOFError:
+            status, detail = "error", f"exited with code {self.process.wait()}"
+        if status != "ready":
+            self.close()
+            raise RuntimeError(f"CTranslate2 worker could not load {model_dir}: {detail}")
+        self.version, self.threads = detail, threads
+
+    def translate(self, compute: str, batches: list[list[list[str]]], beams: int, n: int,
+                  keep: bool = False) -> tuple[float, list | None]:
+        """Decode every batch (each a list of source token lists) to exactly n tokens per
+        hypothesis; returns the seconds CTranslate2 took and, with keep, the best hypotheses."""
+        pickle.dump(("translate", compute, batches, beams, n, keep), self.process.stdin)
+        self.process.stdin.flush()
+        return pickle.load(self.process.stdout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                pickle.dump(("close",), self.process.stdin)
+                self.process.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "CT2Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    serve(**json.loads(sys.argv[1]))
