@@ -10,9 +10,10 @@ residual branches, none on attention weights or inside the FFN); `train_recipe` 
 recipe's (configs/multi30k.yaml). Ours runs in its default pre-norm layout; MarianMT is
 post-norm and uses its SDPA attention. Both see the same batches and AdamW settings. Our loss is
 computed as TranslationModule computes it: the LM head fused into the label-smoothed
-cross-entropy (pipeline.loss.linear_cross_entropy on the final decoder states); Marian's is
-token_cross_entropy on its logits. Hugging Face and CTranslate2 are imported by this benchmark
-only, never by pipeline/ (except `export --format ctranslate2`, which the CTranslate2 rows use).
+cross-entropy (pipeline.loss.translation_loss on the final decoder states); Marian's is
+token_cross_entropy on its logits (with the recipe's R-Drop, both run each batch twice).
+Hugging Face and CTranslate2 are imported by this benchmark only, never by pipeline/ (except
+`export --format ctranslate2`, which the CTranslate2 rows use).
 
 Figures (each a median over timed repeats after a warm-up, with min and max beside it; the
 contestants alternate within every repeat so that drifting background load hits all alike):
@@ -20,9 +21,11 @@ contestants alternate within every repeat so that drifting background load hits 
                           loss + backward + AdamW step on identical token-bucket batches of
                           about 64 sentences x 24 tokens; bf16 = torch.autocast(bfloat16).
   train_recipe            the same step with the recipe's settings: its dropouts (Marian gets the
-                          same), gradient clipping, AdamW as TranslationModule builds it (fused
-                          in fp32) and the precision the recipe trains in (precision null: the
-                          step probe pipeline.hardware.choose_precision picks).
+                          same), its R-Drop (both sides run each batch twice and add the KL
+                          term; tokens counted once), gradient clipping, AdamW as
+                          TranslationModule builds it (fused in fp32) and the precision the
+                          recipe trains in (precision null: the step probe
+                          pipeline.hardware.choose_precision picks).
   epoch_real_tokens       the step end to end over an epoch (DataLoader and collation
                           included): ours with the TranslationDataModule's sampler
                           (TokenBucketSampler, max_tokens=4096) and collate, Marian with random
@@ -58,6 +61,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import multiprocessing
 import os
 import resource
@@ -84,7 +88,7 @@ from pipeline.datamodule import TranslationDataModule
 from pipeline.decoding import DecodingConfig, generate, greedy_decode
 from pipeline.export import export_ctranslate2, vocabulary
 from pipeline.hardware import ENV as PRECISION_ENV, choose_precision
-from pipeline.loss import linear_cross_entropy, token_cross_entropy
+from pipeline.loss import token_cross_entropy, translation_loss
 from pipeline.model import Transformer, TransformerConfig
 from pipeline.provenance import cpu_name, git_commit
 from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, train_tokenizer
@@ -191,20 +195,34 @@ def recipe_settings(s: Settings) -> dict:
             if saved is not None:
                 os.environ[PRECISION_ENV] = saved
     return {"path": s.recipe, "model": layout, "label_smoothing": train.get("label_smoothing", s.label_smoothing),
+            "rdrop_alpha": float(train.get("rdrop_alpha") or 0.0),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "precision": str(precision),
             "precision_reason": reason}
 
 
-def ours_loss(model: Transformer, b: Batch, label_smoothing: float) -> torch.Tensor:
-    """As TranslationModule.loss: the LM head fused into the loss, on the real target positions."""
-    hidden = model(b.src, b.tgt_in, project=False)
-    return linear_cross_entropy(hidden, model.lm_head.weight, b.tgt_out, label_smoothing)
+def ours_loss(model: Transformer, b: Batch, label_smoothing: float, rdrop_alpha: float = 0.0) -> torch.Tensor:
+    """As TranslationModule.loss: pipeline.loss.translation_loss (the LM head fused into the
+    loss, on the real target positions; R-Drop's two passes where the recipe sets it)."""
+    return translation_loss(model, b, label_smoothing, rdrop_alpha)
 
 
-def marian_loss(model, b: Batch, label_smoothing: float) -> torch.Tensor:
-    logits = model(input_ids=b.src, attention_mask=b.src != PAD, decoder_input_ids=b.tgt_in,
-                   decoder_attention_mask=b.tgt_in != PAD, use_cache=False).logits
-    return token_cross_entropy(logits, b.tgt_out, label_smoothing)
+def marian_loss(model, b: Batch, label_smoothing: float, rdrop_alpha: float = 0.0) -> torch.Tensor:
+    """Cross-entropy on Marian's logits; with rdrop_alpha > 0 the batch runs twice and the loss
+    is R-Drop's as ours defines it (the mean of both passes' losses + α/4 x the symmetric KL per
+    real token), written the plain way: full log-softmaxes of both passes."""
+    runs = 2 if rdrop_alpha > 0 else 1
+    src, tgt_in = b.src.repeat(runs, 1), b.tgt_in.repeat(runs, 1)
+    logits = model(input_ids=src, attention_mask=src != PAD, decoder_input_ids=tgt_in,
+                   decoder_attention_mask=tgt_in != PAD, use_cache=False).logits
+    if runs == 1:
+        return token_cross_entropy(logits, b.tgt_out, label_smoothing)
+    first, second = logits.chunk(2)
+    ce = (token_cross_entropy(first, b.tgt_out, label_smoothing) + token_cross_entropy(second, b.tgt_out,
+                                                                                       label_smoothing)) / 2
+    real = b.tgt_out != PAD
+    logp1, logp2 = first[real].float().log_softmax(-1), second[real].float().log_softmax(-1)
+    symmetric_kl = ((logp1.exp() - logp2.exp()) * (logp1 - logp2)).sum(-1).mean()
+    return ce + rdrop_alpha * symmetric_kl / 4
 
 
 class Side:
@@ -484,13 +502,15 @@ def run(s: Settings) -> dict:
     recipe_cfg = replace(cfg, **recipe["model"])
     recipe_bf16 = "bf16" in recipe["precision"]
     log(f"train_recipe: {s.recipe} settings {recipe['model']}, clip {recipe['gradient_clip_val']}, "
-        f"precision {recipe['precision']} ({recipe['precision_reason']})")
+        f"R-Drop alpha {recipe['rdrop_alpha']}, precision {recipe['precision']} ({recipe['precision_reason']})")
     torch.manual_seed(s.seed)
     ours_recipe = Transformer(recipe_cfg).to(s.device).train()
     torch.manual_seed(s.seed)
     marian_recipe = marian_model(recipe_cfg).to(s.device).train()
     # AdamW as TranslationModule.configure_optimizers builds it: fused unless mixed precision.
-    recipe_sides = {name: Side(name, model, loss, s.lr, fused=not recipe_bf16, clip=recipe["gradient_clip_val"])
+    # With R-Drop each step runs the batch twice on both sides; tokens/s counts the batch once, as fit logs it.
+    recipe_sides = {name: Side(name, model, functools.partial(loss, rdrop_alpha=recipe["rdrop_alpha"]), s.lr,
+                               fused=not recipe_bf16, clip=recipe["gradient_clip_val"])
                     for name, model, loss in (("ours", ours_recipe, ours_loss), ("marian", marian_recipe, marian_loss))}
     times = interleaved({name: train_pass(side, recipe_bf16, recipe["label_smoothing"])
                          for name, side in recipe_sides.items()}, s.repeats)

@@ -119,3 +119,16 @@ def _rdrop_chunk(h1: Tensor, h2: Tensor, weight: Tensor, target: Tensor, label_s
     # KL(p1‖p2) + KL(p2‖p1) = Σ (p1 − p2)(log p1 − log p2): one pass instead of two
     symmetric_kl = ((logp1.exp() - logp2.exp()) * (logp1 - logp2)).sum(-1)
     return (ce + alpha * symmetric_kl / 4).sum()
+
+
+def translation_loss(model, batch, label_smoothing: float = 0.0, rdrop_alpha: float = 0.0) -> Tensor:
+    """The training loss of a Transformer (pipeline.model) on a Batch: mean label-smoothed
+    cross-entropy per real target token, the LM head fused into the loss; with rdrop_alpha > 0,
+    the R-Drop loss of the batch run twice (rows stacked: (2B, S) and (2B, T)), which costs
+    twice a step. TranslationModule trains with it and the benchmark times it."""
+    if rdrop_alpha > 0:
+        hidden = model(batch.src.repeat(2, 1), batch.tgt_in.repeat(2, 1), project=False)  # (2B, T, d)
+        return rdrop_cross_entropy(hidden, model.lm_head.weight, batch.tgt_out, label_smoothing, rdrop_alpha)
+    hidden = model(batch.src, batch.tgt_in, project=False)  # (B, T, d)
+    return linear_cross_entropy(hidden, model.lm_head.weight, batch.tgt_out, label_smoothing)
+

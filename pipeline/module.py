@@ -21,7 +21,7 @@ from pipeline.batching import Batch
 from pipeline.checkpoints import schema_fields
 from pipeline.decoding import DecodingConfig, generate
 from pipeline.errors import UserError
-from pipeline.loss import linear_cross_entropy, rdrop_cross_entropy
+from pipeline.loss import linear_cross_entropy, translation_loss
 from pipeline.metrics import corpus_scores
 from pipeline.model import Transformer, TransformerConfig
 from pipeline.tokenizer import EOS, PAD, decode, load_tokenizer
@@ -150,12 +150,8 @@ class TranslationModule(L.LightningModule):
         label_smoothing defaults to train.label_smoothing. In training mode with
         train.rdrop_alpha > 0, the R-Drop loss of two dropout passes over the batch instead."""
         smoothing = self.train_config.label_smoothing if label_smoothing is None else label_smoothing
-        alpha = self.train_config.rdrop_alpha
-        if alpha > 0 and self.model.training:
-            hidden = self.model(batch.src.repeat(2, 1), batch.tgt_in.repeat(2, 1), project=False)  # (2B, T, d)
-            return rdrop_cross_entropy(hidden, self.model.lm_head.weight, batch.tgt_out, smoothing, alpha)
-        hidden = self.model(batch.src, batch.tgt_in, project=False)  # (B, T, d_model)
-        return linear_cross_entropy(hidden, self.model.lm_head.weight, batch.tgt_out, smoothing)
+        alpha = self.train_config.rdrop_alpha if self.model.training else 0.0  # no dropout to compare in eval
+        return translation_loss(self.model, batch, smoothing, alpha)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

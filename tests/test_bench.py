@@ -280,3 +280,27 @@ def test_ctranslate2_worker_names_what_it_could_not_load(tmp_path):
 
     with pytest.raises(RuntimeError, match=f"CTranslate2 worker could not load {tmp_path}"):
         CT2Worker(str(tmp_path), threads=1, suppress=[])
+
+
+def test_marian_rdrop_loss_is_ours_written_the_plain_way():
+    """train_recipe gives MarianMT the recipe's R-Drop: its plain formula on full logits must be
+    the loss that ours computes fused and chunked (pipeline.loss.rdrop_cross_entropy)."""
+    from pipeline.loss import rdrop_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2 * 3, 5, 16)  # two passes of 3 sentences that differ, as two dropout masks make them
+    weight = torch.randn(40, 16)
+    target = torch.randint(4, 40, (3, 5))
+    target[2, 3:] = PAD
+    batch = Batch(torch.randint(4, 40, (3, 4)), target, target, torch.arange(3))
+
+    class StandIn:  # a Marian model whose output for the stacked batch is the logits above
+        def __call__(self, input_ids, **kwargs):
+            assert input_ids.size(0) == 2 * target.size(0)  # the batch runs twice
+            return type("Output", (), {"logits": hidden @ weight.t()})()
+
+    theirs = bench.marian_loss(StandIn(), batch, 0.1, rdrop_alpha=1.0)
+    torch.testing.assert_close(theirs, rdrop_cross_entropy(hidden, weight, target, 0.1, 1.0))
+    plain = (bench.token_cross_entropy((hidden @ weight.t())[:3], target, 0.1)
+             + bench.token_cross_entropy((hidden @ weight.t())[3:], target, 0.1)) / 2
+    assert theirs > plain  # the KL term between the differing passes counts
