@@ -8,8 +8,8 @@ have. In its own process each engine runs as it would alone; the bench still alt
 contestants within each repeat, one at a time (the parent waits while the worker decodes).
 
 The worker times each call itself, so the figure is CTranslate2's decoding alone, without the
-pipe; after a call it waits `settle_s` before answering, so that its OpenMP threads have
-stopped spinning before the parent's next timed call starts.
+pipe (bench.run's `interleaved` pauses before every timed call, on either side, so that no
+engine's idle threads still spin while the other is timed).
 
     with CT2Worker(model_dir, threads=2, suppress=[["<pad>"]]) as worker:   # loads fp32 and int8
         seconds, hypotheses = worker.translate("float32", batches, beams=4, n=30, keep=True)
@@ -23,31 +23,36 @@ import pickle
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 COMPUTE_TYPES = ("float32", "int8")
+ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m bench.ct2_worker` from here
 
 
-def serve(model_dir: str, threads: int, settle_s: float, suppress: list[list[str]]) -> None:
-    """Worker loop on stdin/stdout (pickled messages): load the translators, then answer
-    ("translate", compute, batches, beams, n, keep) with (seconds, hypotheses or None) until
-    ("close",) or end of input."""
+def serve(model_dir: str, threads: int, suppress: list[list[str]]) -> None:
+    """Worker loop on stdin/stdout (pickled messages): load the translators, answer ("ready",
+    version) or ("error", message), then answer each ("translate", compute, batches, beams, n,
+    keep) with ("ok", seconds, hypotheses or None) or ("error", message), until ("close",) or
+    the end of input."""
     # Replies go out on a private copy of stdout; fd 1 then points at stderr, so that anything
     # the libraries print cannot corrupt the pickled stream.
     requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+
+    def reply(*message) -> None:
+        pickle.dump(message, replies)
+        replies.flush()
+
     try:
         import ctranslate2
 
         translators = {compute: ctranslate2.Translator(model_dir, device="cpu", compute_type=compute,
                                                        inter_threads=1, intra_threads=threads)
                        for compute in COMPUTE_TYPES}
-        ready = ("ready", ctranslate2.__version__)
-    except Exception as e:  # the parent turns this into its error message
-        ready = ("error", f"{type(e).__name__}: {e}")
-    pickle.dump(ready, replies)
-    replies.flush()
-    if ready[0] != "ready":
+    except Exception as e:
+        reply("error", f"{type(e).__name__}: {e}")
         return
+    reply("ready", ctranslate2.__version__)
     while True:
         try:
             message = pickle.load(requests)
@@ -55,15 +60,17 @@ def serve(model_dir: str, threads: int, settle_s: float, suppress: list[list[str
             return
         if message[0] == "close":
             return
-        _, compute, batches, beams, n, keep = message
-        start = time.perf_counter()
-        results = [translators[compute].translate_batch(
-            tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0, min_decoding_length=n,
-            max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress) for tokens in batches]
-        seconds = time.perf_counter() - start
-        time.sleep(settle_s)
-        pickle.dump((seconds, [[r.hypotheses[0] for r in batch] for batch in results] if keep else None), replies)
-        replies.flush()
+        try:
+            _, compute, batches, beams, n, keep = message
+            start = time.perf_counter()
+            results = [translators[compute].translate_batch(
+                tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0, min_decoding_length=n,
+                max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress) for tokens in batches]
+            seconds = time.perf_counter() - start
+        except Exception as e:  # the parent raises it with this message; the worker stays usable
+            reply("error", f"{type(e).__name__}: {e}")
+            continue
+        reply("ok", seconds, [[r.hypotheses[0] for r in batch] for batch in results] if keep else None)
 
 
 class CT2Worker:
@@ -71,16 +78,17 @@ class CT2Worker:
     in fp32 and int8 by `python -m bench.ct2_worker` in a process of its own (a plain
     subprocess, not multiprocessing: its spawn would import the bench, and with it torch, into
     the worker). `suppress` lists token sequences ruled out at every step (bench.run forbids PAD
-    and BOS, as our decoding does)."""
+    and BOS, as our decoding does). Use it as a context manager, or call close()."""
 
-    def __init__(self, model_dir: str, threads: int, suppress: list[list[str]], settle_s: float = 0.3):
-        args = json.dumps({"model_dir": str(model_dir), "threads": threads, "settle_s": settle_s, "suppress": suppress})
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.ct2_worker", args],
+    def __init__(self, model_dir: str, threads: int, suppress: list[list[str]]):
+        args = json.dumps({"model_dir": str(model_dir), "threads": threads, "suppress": suppress})
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.ct2_worker", args], cwd=ROOT,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
-            status, detail = pickle.load(self.process.stdout)
-        except EOFError:
-            status, detail = "error", f"exited with code {self.process.wait()}"
+            status, detail = self._receive()
+        except BaseException:
+            self.close()
+            raise
         if status != "ready":
             self.close()
             raise RuntimeError(f"CTranslate2 worker could not load {model_dir}: {detail}")
@@ -90,9 +98,21 @@ class CT2Worker:
                   keep: bool = False) -> tuple[float, list | None]:
         """Decode every batch (each a list of source token lists) to exactly n tokens per
         hypothesis; returns the seconds CTranslate2 took and, with keep, the best hypotheses."""
-        pickle.dump(("translate", compute, batches, beams, n, keep), self.process.stdin)
-        self.process.stdin.flush()
-        return pickle.load(self.process.stdout)
+        try:
+            pickle.dump(("translate", compute, batches, beams, n, keep), self.process.stdin)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise RuntimeError(f"CTranslate2 worker is gone (exit code {self.process.poll()})") from None
+        status, *answer = self._receive()
+        if status != "ok":
+            raise RuntimeError(f"CTranslate2 worker failed to translate: {answer[0]}")
+        return answer[0], answer[1]
+
+    def _receive(self) -> tuple:
+        try:
+            return pickle.load(self.process.stdout)
+        except EOFError:
+            return "error", f"the worker exited (exit code {self.process.wait()}; its stderr is above)"
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -106,6 +126,9 @@ class CT2Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if not pipe.closed:
+                pipe.close()
 
     def __enter__(self) -> "CT2Worker":
         return self

@@ -137,6 +137,7 @@ class Settings:
     matmul_size: int = 2048
     sanity_rows: int | None = None  # rows per decode batch checked cached == uncached; None: all
     threads: int = 0  # 0: torch's default
+    settle_s: float = 0.3  # pause before each timed call (idle threads of the previous one stop spinning)
     device: str = "cpu"  # cuda: every model and batch on the GPU, CUDA-synchronised timers, no CTranslate2/int8 rows
     ct2_threads: int = 0  # CTranslate2 intra_threads (inter_threads 1); 0: as many as torch uses
     seed: int = 0
@@ -149,7 +150,7 @@ QUICK = dict(train_pairs=10000, train_batches=1, repeats=3, epoch_pairs=512, epo
 TINY = dict(tokenizer_pairs=1500, train_pairs=1500, vocab_size=600, d_model=32, n_heads=2, layers=1, d_ff=64,
             train_batch_sentences=8, train_batch_len=12, train_batches=1, epoch_pairs=48, bucket_max_tokens=256,
             marian_batch_size=16, decode_batch=8, decode_batches=1, max_new_tokens=4, repeats=1, epoch_repeats=2,
-            matmul_size=128)
+            matmul_size=128, settle_s=0.0)
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def marian_loss(model, b: Batch, label_smoothing: float, rdrop_alpha: float = 0.
     is R-Drop's as ours defines it (the mean of both passes' losses + α/4 x the symmetric KL per
     real token), written the plain way: full log-softmaxes of both passes."""
     runs = 2 if rdrop_alpha > 0 else 1
-    src, tgt_in = b.src.repeat(runs, 1), b.tgt_in.repeat(runs, 1)
+    src, tgt_in = (b.src.repeat(2, 1), b.tgt_in.repeat(2, 1)) if runs == 2 else (b.src, b.tgt_in)
     logits = model(input_ids=src, attention_mask=src != PAD, decoder_input_ids=tgt_in,
                    decoder_attention_mask=tgt_in != PAD, use_cache=False).logits
     if runs == 1:
@@ -295,24 +296,34 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+@dataclass(frozen=True)
+class MeasuredElsewhere:
+    """What a timed function returns when its work ran in another process (CTranslate2's
+    worker): the seconds measured there, which count instead of the pipe's round trip."""
+
+    seconds: float
+
+
 def timed(fn) -> float:
-    """Seconds fn takes; a function that runs elsewhere (CTranslate2's worker process) returns
-    the seconds it measured there, which count instead (the pipe's round trip does not)."""
+    """Seconds fn takes (or, if it returns MeasuredElsewhere, the seconds it reports)."""
     synchronize()
     start = time.perf_counter()
-    measured_there = fn()
+    result = fn()
     synchronize()
-    return measured_there if isinstance(measured_there, float) else time.perf_counter() - start
+    return result.seconds if isinstance(result, MeasuredElsewhere) else time.perf_counter() - start
 
 
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each repeat of each function; the functions alternate within a repeat."""
+def interleaved(fns: dict, repeats: int, warmup: int = 1, settle_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds of each repeat of each function; the functions alternate within a repeat. Each
+    timed call starts after a pause of settle_s, so that the threads of the call before it
+    (another process's too: CTranslate2's worker) have stopped spinning."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle_s)
             times[name].append(timed(fn))
     return times
 
@@ -489,7 +500,7 @@ def run(s: Settings) -> dict:
         for side in sides.values():
             side.model.train()
         times = interleaved({name: train_pass(side, bf16, s.label_smoothing) for name, side in sides.items()},
-                            s.repeats)
+                            s.repeats, settle_s=s.settle_s)
         r = rates(tokens, times)
         rows[figure] = row(figure, r["ours"], r["marian"])
         precision = "bf16" if bf16 else "fp32"
@@ -513,7 +524,7 @@ def run(s: Settings) -> dict:
                                fused=not recipe_bf16, clip=recipe["gradient_clip_val"])
                     for name, model, loss in (("ours", ours_recipe, ours_loss), ("marian", marian_recipe, marian_loss))}
     times = interleaved({name: train_pass(side, recipe_bf16, recipe["label_smoothing"])
-                         for name, side in recipe_sides.items()}, s.repeats)
+                         for name, side in recipe_sides.items()}, s.repeats, settle_s=s.settle_s)
     r = rates(tokens, times)
     rows["train_recipe"] = row("train_recipe", r["ours"], r["marian"])
     del recipe_sides, ours_recipe, marian_recipe
@@ -529,56 +540,59 @@ def run(s: Settings) -> dict:
     # PyPI wheel is built for one CUDA major version; the CPU bench compares with it).
     fixed_int8 = None if gpu else FixedLength(inference_model(ours_model, "int8"))
     ct2 = None if gpu else ct2_worker(ours_model, dm.tokenizer, ct2_threads)
-    # The exported token list: CTranslate2's token i is our id i.
-    vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
-    token_id = {t: i for i, t in enumerate(vocab)}
-    ct2_sources = [ct2_tokens(src, vocab) for src in sources]
-    cache_equal, ct2_equal = [], []  # sanity: the cache changes nothing, every side makes the same number of tokens
-    for src, toks in zip(sources, ct2_sources):
-        head = src[: s.sanity_rows]  # uncached decoding is slow (it reruns the whole prefix each step)
-        cached = greedy_decode(fixed, head, s.max_new_tokens)
-        cache_equal.append(torch.equal(cached, greedy_decode(fixed, head, s.max_new_tokens, use_cache=False)))
-        if cached.size(1) != s.max_new_tokens:
-            raise AssertionError(f"ours made {cached.size(1)} tokens, not {s.max_new_tokens}")
-        if marian_generate(marian, src, 1, s.max_new_tokens).size(1) != s.max_new_tokens + 1:  # + start token
-            raise AssertionError(f"Marian did not make exactly {s.max_new_tokens} tokens")
-        if ct2 is None:
-            continue
-        for compute in COMPUTE_TYPES:
-            for beams in (1, 4):
-                _, (theirs,) = ct2.translate(compute, [toks[: s.sanity_rows]], beams, s.max_new_tokens, keep=True)
-                lengths = {len(hypothesis) for hypothesis in theirs}
-                if lengths != {s.max_new_tokens}:
-                    raise AssertionError(f"CTranslate2 ({compute}, beam {beams}) made {lengths} tokens, "
-                                         f"not {s.max_new_tokens}")
-                if compute == "float32" and beams == 1:
-                    ct2_equal += [[token_id[t] for t in hypothesis] == row_ids
-                                  for hypothesis, row_ids in zip(theirs, cached.tolist())]
-    n_sentences = sum(src.size(0) for src in sources)
-    # Through the one decoding entry point, as evaluate/translate use it: ratio 0 + extra n = n new tokens.
-    fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
-    n = s.max_new_tokens
+    try:  # the worker process ends however this part ends
+        # The exported token list: CTranslate2's token i is our id i.
+        vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
+        token_id = {t: i for i, t in enumerate(vocab)}
+        ct2_sources = [ct2_tokens(src, vocab) for src in sources]
+        cache_equal, ct2_equal = [], []  # sanity: the cache changes nothing, every side makes the same number of tokens
+        for src, toks in zip(sources, ct2_sources):
+            head = src[: s.sanity_rows]  # uncached decoding is slow (it reruns the whole prefix each step)
+            cached = greedy_decode(fixed, head, s.max_new_tokens)
+            cache_equal.append(torch.equal(cached, greedy_decode(fixed, head, s.max_new_tokens, use_cache=False)))
+            if cached.size(1) != s.max_new_tokens:
+                raise AssertionError(f"ours made {cached.size(1)} tokens, not {s.max_new_tokens}")
+            if marian_generate(marian, src, 1, s.max_new_tokens).size(1) != s.max_new_tokens + 1:  # + start token
+                raise AssertionError(f"Marian did not make exactly {s.max_new_tokens} tokens")
+            if ct2 is None:
+                continue
+            for compute in COMPUTE_TYPES:
+                for beams in (1, 4):
+                    _, (theirs,) = ct2.translate(compute, [toks[: s.sanity_rows]], beams, s.max_new_tokens, keep=True)
+                    lengths = {len(hypothesis) for hypothesis in theirs}
+                    if lengths != {s.max_new_tokens}:
+                        raise AssertionError(f"CTranslate2 ({compute}, beam {beams}) made {lengths} tokens, "
+                                             f"not {s.max_new_tokens}")
+                    if compute == "float32" and beams == 1:
+                        ct2_equal += [[token_id[t] for t in hypothesis] == row_ids
+                                      for hypothesis, row_ids in zip(theirs, cached.tolist())]
+        n_sentences = sum(src.size(0) for src in sources)
+        # Through the one decoding entry point, as evaluate/translate use it: ratio 0 + extra n = n new tokens.
+        fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
+        n = s.max_new_tokens
 
-    def ours_fn(beams, model=fixed):
-        return lambda: [generate(model, src, fixed_n, beam=beams) for src in sources]
+        def ours_fn(beams, model=fixed):
+            return lambda: [generate(model, src, fixed_n, beam=beams) for src in sources]
 
-    def marian_fn(beams, model=marian):
-        return lambda: [marian_generate(model, src, beams, n) for src in sources]
+        def marian_fn(beams, model=marian):
+            return lambda: [marian_generate(model, src, beams, n) for src in sources]
 
-    def ct2_fn(compute, beams):
-        return lambda: ct2.translate(compute, ct2_sources, beams, n)[0]  # seconds, measured in the worker
+        def ct2_fn(compute, beams):
+            return lambda: MeasuredElsewhere(ct2.translate(compute, ct2_sources, beams, n)[0])
 
-    greedy_fns = {"ours": ours_fn(1), "marian": marian_fn(1)}
-    beam_fns = {"ours": ours_fn(4), "marian": marian_fn(4)}
+        greedy_fns = {"ours": ours_fn(1), "marian": marian_fn(1)}
+        beam_fns = {"ours": ours_fn(4), "marian": marian_fn(4)}
+        if ct2 is not None:
+            greedy_fns["ct2"] = ct2_fn("float32", 1)
+            beam_fns.update(ct2=ct2_fn("float32", 4), ours_int8=ours_fn(4, fixed_int8), ct2_int8=ct2_fn("int8", 4))
+        greedy = rates(n_sentences, interleaved(greedy_fns, s.repeats, settle_s=s.settle_s))
+        rows["greedy"] = row("greedy", greedy["ours"], greedy["marian"])
+        beam = rates(n_sentences, interleaved(beam_fns, s.repeats, settle_s=s.settle_s))
+        rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
+    finally:
+        if ct2 is not None:
+            ct2.close()
     if ct2 is not None:
-        greedy_fns["ct2"] = ct2_fn("float32", 1)
-        beam_fns.update(ct2=ct2_fn("float32", 4), ours_int8=ours_fn(4, fixed_int8), ct2_int8=ct2_fn("int8", 4))
-    greedy = rates(n_sentences, interleaved(greedy_fns, s.repeats))
-    rows["greedy"] = row("greedy", greedy["ours"], greedy["marian"])
-    beam = rates(n_sentences, interleaved(beam_fns, s.repeats))
-    rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
-    if ct2 is not None:
-        ct2.close()
         rows["ct2_greedy"] = row("ct2_greedy", greedy["ours"], greedy["ct2"])
         rows["ct2_beam4"] = row("ct2_beam4", beam["ours"], beam["ct2"])
         rows["ct2_int8_beam4"] = row("ct2_int8_beam4", beam["ours_int8"], beam["ct2_int8"])
@@ -586,7 +600,8 @@ def run(s: Settings) -> dict:
     marian_bf16 = copy.deepcopy(marian).to(torch.bfloat16)
     half = rates(n_sentences, interleaved({
         "ours_greedy": ours_fn(1, fixed_bf16), "marian_greedy": marian_fn(1, marian_bf16),
-        "ours_beam4": ours_fn(4, fixed_bf16), "marian_beam4": marian_fn(4, marian_bf16)}, s.repeats))
+        "ours_beam4": ours_fn(4, fixed_bf16), "marian_beam4": marian_fn(4, marian_bf16)}, s.repeats,
+        settle_s=s.settle_s))
     rows["greedy_bf16"] = row("greedy_bf16", half["ours_greedy"], half["marian_greedy"])
     rows["beam4_bf16"] = row("beam4_bf16", half["ours_beam4"], half["marian_beam4"])
     del fixed_bf16, marian_bf16

@@ -131,4 +131,3 @@ def translation_loss(model, batch, label_smoothing: float = 0.0, rdrop_alpha: fl
         return rdrop_cross_entropy(hidden, model.lm_head.weight, batch.tgt_out, label_smoothing, rdrop_alpha)
     hidden = model(batch.src, batch.tgt_in, project=False)  # (B, T, d)
     return linear_cross_entropy(hidden, model.lm_head.weight, batch.tgt_out, label_smoothing)
-

@@ -38,8 +38,9 @@ class TrainConfig:
         betas: Adam betas.
         eps: Adam epsilon.
         weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
-        rdrop_alpha: R-Drop weight α: each training batch runs twice (two dropout masks) and the loss
-            adds α × their symmetric KL divergence (0: off; > 0 doubles the cost of a step).
+        rdrop_alpha: R-Drop weight α (Liang et al., 2021): each training batch runs twice (two
+            dropout masks); the loss is ½(CE₁ + CE₂) + α/4·(KL(p₁‖p₂) + KL(p₂‖p₁)), the paper's
+            loss halved (0: off; > 0 doubles the cost of a step). See loss.rdrop_cross_entropy.
         n_samples: sample translations (source, reference, hypothesis) logged at each validation.
         compile: torch.compile the model for training.
     """

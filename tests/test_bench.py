@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -278,8 +279,9 @@ def test_ctranslate2_runs_outside_the_bench_process(tmp_path, multi30k_dir):
 def test_ctranslate2_worker_names_what_it_could_not_load(tmp_path):
     from bench.ct2_worker import CT2Worker
 
-    with pytest.raises(RuntimeError, match=f"CTranslate2 worker could not load {tmp_path}"):
+    with pytest.raises(RuntimeError, match=re.escape(f"CTranslate2 worker could not load {tmp_path}: ")) as error:
         CT2Worker(str(tmp_path), threads=1, suppress=[])
+    assert "exited" not in str(error.value)  # CTranslate2's own complaint, not a worker that failed to start
 
 
 def test_marian_rdrop_loss_is_ours_written_the_plain_way():
@@ -304,3 +306,23 @@ def test_marian_rdrop_loss_is_ours_written_the_plain_way():
     plain = (bench.token_cross_entropy((hidden @ weight.t())[:3], target, 0.1)
              + bench.token_cross_entropy((hidden @ weight.t())[3:], target, 0.1)) / 2
     assert theirs > plain  # the KL term between the differing passes counts
+
+
+def test_ctranslate2_worker_reports_a_failed_call_and_keeps_serving(tmp_path, tokenizer):
+    from pathlib import Path
+
+    from bench.ct2_worker import CT2Worker
+    from pipeline.checkpoints import Checkpoint
+    from pipeline.decoding import DecodingConfig
+    from pipeline.export import export_ctranslate2, vocabulary
+
+    checkpoint = Checkpoint(make_model(0, vocab_size=tokenizer.get_vocab_size()), tokenizer, ("de", "en"),
+                            DecodingConfig(), {}, Path("test"))
+    export_ctranslate2(checkpoint, tmp_path / "ct2")
+    sentence = vocabulary(checkpoint)[10:15]
+    with CT2Worker(str(tmp_path / "ct2"), threads=1, suppress=[["<pad>"], ["<s>"]]) as worker:
+        with pytest.raises(RuntimeError, match="CTranslate2 worker failed to translate: KeyError"):
+            worker.translate("float64", [[sentence]], beams=1, n=3)  # not a compute type it loaded
+        seconds, (hypotheses,) = worker.translate("int8", [[sentence, sentence]], beams=4, n=3, keep=True)
+        assert seconds > 0 and [len(h) for h in hypotheses] == [3, 3]
+    assert worker.process.poll() == 0  # closed cleanly
