@@ -60,6 +60,15 @@ def evaluate_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def epochs_phrase(epochs: list[dict]) -> str:
+    """"N epochs", or, when max_time cut the last one short (fewer steps than the first epoch's),
+    "N full epochs (N+1 validations, the last after a partial epoch)"."""
+    steps = [e.get("step") for e in epochs]
+    if len(epochs) < 2 or None in steps or steps[-1] - steps[-2] >= steps[0]:
+        return f"{len(epochs)} epochs"
+    return f"{len(epochs) - 1} full epochs ({len(epochs)} validations, the last after a partial epoch)"
+
+
 def results_table(result: dict) -> str:
     """A training run's held-out scores (bench.curve JSON of a run that `fit` finalized)."""
     final = result["final"]
@@ -69,7 +78,7 @@ def results_table(result: dict) -> str:
         if final.get(split):
             lines.append(f"| {split} | {final[split]['bleu']:.2f} | {final[split]['chrf']:.2f} | {chosen} |")
     lines.append("")
-    lines.append(f"{len(result['epochs'])} epochs in {result['wall_time_s'] / 3600:.2f} h of training "
+    lines.append(f"{epochs_phrase(result['epochs'])} in {result['wall_time_s'] / 3600:.2f} h of training "
                  f"({final.get('precision', result.get('precision'))}), best greedy validation BLEU during training "
                  f"{result['best_val_bleu']:.2f}; sacreBLEU {final['test']['signature'] if final.get('test') else ''}; "
                  f"commit {final['commit']}")

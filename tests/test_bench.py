@@ -326,3 +326,12 @@ def test_ctranslate2_worker_reports_a_failed_call_and_keeps_serving(tmp_path, to
         seconds, (hypotheses,) = worker.translate("int8", [[sentence, sentence]], beams=4, n=3, keep=True)
         assert seconds > 0 and [len(h) for h in hypotheses] == [3, 3]
     assert worker.process.poll() == 0  # closed cleanly
+
+
+def test_results_line_counts_a_cut_epoch_apart():
+    from bench.tables import epochs_phrase
+
+    full = [{"epoch": i, "step": 187 * (i + 1)} for i in range(3)]
+    assert epochs_phrase(full) == "3 epochs"
+    cut = full + [{"epoch": 3, "step": 187 * 3 + 90}]  # max_time stopped the 4th epoch halfway
+    assert epochs_phrase(cut) == "3 full epochs (4 validations, the last after a partial epoch)"
