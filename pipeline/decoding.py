@@ -100,7 +100,7 @@ def drop_rows(keep: Tensor, cache, *tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(x.index_select(0, keep) for x in tensors)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping: 2-3% faster than no_grad (bench/results/*-inference-mode.json)
 def greedy_decode(model, src: Tensor, max_len: int | Tensor, use_cache: bool = True) -> Tensor:
     """(B, S) source ids -> (B, ≤max(max_len)) token ids (no BOS), EOS then PAD after it ends.
 
@@ -139,7 +139,7 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
     return length.float() ** alpha
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
     """Batched beam search.
 
