@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.attention import KVCache, MultiHeadAttention, causal_mask, padding_mask
+from pipeline.attention import KVCache, MultiHeadAttention, Packing, causal_mask, padding_mask
 from pipeline.dropout import Dropout
 from pipeline.tokenizer import PAD
 
@@ -135,9 +135,10 @@ class EncoderLayer(nn.Module):
         self.res_attn = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.res_ffn = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, x: Tensor, src_mask: Tensor, need_weights: bool = False) -> Tensor:
-        """x: (B, S, d_model), src_mask: (B, 1, 1, S) -> (B, S, d_model)"""
-        x = self.res_attn(x, lambda h: self.self_attn(h, mask=src_mask, need_weights=need_weights))
+    def forward(self, x: Tensor, src_mask: Tensor, need_weights: bool = False, packing: Packing | None = None) -> Tensor:
+        """x: (B, S, d_model), src_mask: (B, 1, 1, S) -> (B, S, d_model); with `packing`, x and
+        the result are the (N, d_model) real rows (see attention.Packing)."""
+        x = self.res_attn(x, lambda h: self.self_attn(h, mask=src_mask, need_weights=need_weights, packing=packing))
         return self.res_ffn(x, self.ffn)
 
 
@@ -199,12 +200,23 @@ class Transformer(nn.Module):
             nn.init.zeros_(embed.weight[PAD])
 
     def encode(self, src: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor]:
-        """(B, S) source ids -> memory (B, S, d_model) and its padding mask (B, 1, 1, S)."""
+        """(B, S) source ids -> memory (B, S, d_model) and its padding mask (B, 1, 1, S).
+
+        Where a tenth or more of the batch is padding, the position-wise layers run on the real
+        tokens only (attention.Packing; memory is then zero at padding, which every reader
+        masks): decoding batches of unsorted sentences are often half padding, while training
+        batches from token buckets are not (below a tenth, packing would cost more than it saves).
+        """
         src_mask = padding_mask(src, PAD)
         x = self.src_embed(src)
+        real = src != PAD
+        packing = Packing(real) if 10 * int(real.sum()) <= 9 * real.numel() else None
+        if packing is not None:
+            x = packing.pack(x)
         for layer in self.encoder_layers:
-            x = layer(x, src_mask, need_weights)
-        return self.encoder_norm(x), src_mask
+            x = layer(x, src_mask, need_weights, packing)
+        x = self.encoder_norm(x)
+        return (x if packing is None else packing.unpack(x)), src_mask
 
     def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor,
                cache: list[tuple[KVCache, KVCache]] | None = None, need_weights: bool = False,
