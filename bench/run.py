@@ -257,8 +257,8 @@ class FixedLength:
     def encode(self, src):
         return self.model.encode(src)
 
-    def new_cache(self):
-        return self.model.new_cache()
+    def new_cache(self, reuse_logits=False):
+        return self.model.new_cache(reuse_logits)
 
     def decode(self, tgt, memory, src_mask, cache=None):
         logits = self.model.decode(tgt, memory, src_mask, cache)

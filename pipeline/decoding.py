@@ -5,8 +5,10 @@ through `generate`, which owns the length limit and the choice of greedy or beam
 
 Both start every hypothesis from BOS, stop a row at EOS and never run past its `max_len`
 new tokens (one bound for all rows, or one per row so that a sentence's translation does
-not depend on what else is in its batch). PAD and BOS are never generated. The model only needs `encode`, `decode(tgt, memory, src_mask, cache)` and
-`new_cache()`, so the search can be tested on a hand-made model.
+not depend on what else is in its batch). PAD and BOS are never generated. The model only
+needs `encode`, `decode(tgt, memory, src_mask, cache)` and `new_cache(reuse_logits)` (logits
+may then live in one buffer that the next step overwrites), so the search can be tested on a
+hand-made model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.tokenizer import BOS, EOS, PAD
@@ -117,7 +118,7 @@ def greedy_decode(model, src: Tensor, max_len: int | Tensor, use_cache: bool = T
     out[:, 0] = BOS
     rows = torch.arange(B, device=device)  # the rows of `out` still in the batch
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = model.new_cache() if use_cache else None
+    cache = model.new_cache(reuse_logits=True) if use_cache else None
     step_input, steps = out[:, :1], 0
     for t in range(1, max_len + 1):
         logits = next_logits(model, step_input, memory, src_mask, cache)  # (b, V)
@@ -160,7 +161,7 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
     # One row of memory (and of each cross-attention cache) per sentence, not per hypothesis:
     # the decoder folds a sentence's k hypotheses into its cross-attention queries.
     memory, src_mask = model.encode(src)  # (B, S, d), (B, 1, 1, S)
-    cache = model.new_cache()
+    cache = model.new_cache(reuse_logits=True)
     out_tokens = torch.full((B, k, max_len + 1), PAD, dtype=torch.long, device=device)
     out_score = torch.full((B, k), float("-inf"), device=device)
     # The working tensors cover the b sentences still searched: rows `sent` of the outputs.
@@ -171,6 +172,7 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
     fin_tokens, fin_score = out_tokens.clone(), out_score.clone()
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * k, device=device)[None]  # (1, 2k): candidates come sorted
+    scores = None  # one buffer for every step's (b·k, V) scores (see model.DecoderCache on why)
     # The first step decodes one row per sentence (all k beams are the same BOS then; only the
     # first may expand) where its V tokens hold the 2k candidates; the caches grow to k rows
     # per sentence at the first reorder.
@@ -181,10 +183,13 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
         logits = next_logits(model, alive[:, :width, -1].reshape(b * width, 1), memory, src_mask,
                              cache).float()  # (b·width, V)
         V = logits.size(-1)
+        if scores is None:
+            scores = logits.new_empty(B * k * V)
         # log p(hypothesis + token) = its log p + log-softmax(logits): torch's fused log_softmax
         # kernel and an in-place addition beat logsumexp and a subtraction by 0.5 ms a step at
         # b·k = 256 rows (torch 2.13, CPU)
-        total = F.log_softmax(logits, -1).add_(alive_logp[:, :width].reshape(-1, 1))
+        total = torch.log_softmax(logits, -1, out=scores[: logits.numel()].view_as(logits))
+        total.add_(alive_logp[:, :width].reshape(-1, 1))
         cand_logp, cand = total.view(b, width * V).topk(2 * k, dim=1)  # (b, 2k)
         cand_beam, cand_token = cand // V, cand % V
         cand_seq = torch.cat([alive.gather(1, cand_beam[..., None].expand(-1, -1, t)), cand_token[..., None]], 2)

@@ -42,7 +42,7 @@ class StubModel:
     def encode(self, src):
         return src.float()[..., None], padding_mask(src, PAD)
 
-    def new_cache(self):
+    def new_cache(self, reuse_logits=False):
         return [(KVCache(), KVCache())]
 
     def decode(self, tgt, memory, src_mask, cache=None):

@@ -155,6 +155,23 @@ def test_cached_decoding_steps_equal_full_decode(variant):
     assert all(len(self_cache) == 5 and len(cross) == 6 for self_cache, cross in cache)
 
 
+def test_cache_with_reuse_logits_writes_every_step_into_one_buffer():
+    """generate() asks for one logits buffer per run (no fresh 8 MB tensor per step): each step's
+    logits are right when returned and live in the same storage as the step before."""
+    model = make_model().eval()
+    src, tgt = random_ids(3, 6), random_ids(3, 4)
+    with torch.no_grad():  # decoding; with autograd on, every step gets its own tensor
+        memory, src_mask = model.encode(src)
+        full = model.decode(tgt, memory, src_mask)
+        cache = model.new_cache(reuse_logits=True)
+        pointers = set()
+        for t in range(4):
+            logits = model.decode(tgt[:, t:t + 1], memory, src_mask, cache)
+            torch.testing.assert_close(logits, full[:, t:t + 1], atol=1e-5, rtol=1e-5)
+            pointers.add(logits.data_ptr())
+    assert len(pointers) == 1
+
+
 # --- embeddings ---------------------------------------------------------------------------
 
 def test_tied_embeddings_share_storage():
