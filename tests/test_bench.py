@@ -174,6 +174,16 @@ def test_training_flops_match_torch_flop_counter(pre_norm):
     assert bench.train_flops(model.cfg, batch) == 3 * bench.forward_flops(model.cfg, 3, 7, 5)
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 4, 9)])
+def test_step_products_are_the_products_the_flops_count(shape):
+    """The training step's own products (timed alone for the 'step's products' rate) are exactly
+    the 3 x forward_flops the step's GFLOP/s divides by, and that rate is a positive measurement."""
+    cfg = make_model(0).cfg
+    products = bench.step_products(cfg, *shape)
+    assert sum(2 * b * m * k * n for b, m, k, n in products) == 3 * bench.forward_flops(cfg, *shape)
+    assert bench.products_gflops(products[:4], torch.float32, repeats=1) > 0
+
+
 def test_fixed_length_decoding_never_ends_early():
     """The bench forbids EOS so that both sides decode exactly max_len tokens per hypothesis."""
     model = eos_happy_model()
