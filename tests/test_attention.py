@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.attention import KVCache, MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from pipeline.attention import (KVCache, MultiHeadAttention, Packing, causal_mask, padding_mask,
+                                scaled_dot_product_attention)
 
 PAD = 0
 
@@ -283,3 +284,13 @@ def test_causal_flag_with_a_padding_mask_combines_both(fused):
     explicit = mha(x, mask=pad & causal_mask(5))
     torch.testing.assert_close(both, explicit)
     assert not torch.allclose(both, mha(x, mask=pad))  # the causal part was not dropped
+
+
+def test_packing_round_trip_keeps_real_rows_and_zeroes_padding():
+    real = torch.tensor([[True, True, False], [True, False, False]])
+    packing = Packing(real)
+    x = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
+    packed = packing.pack(x)
+    assert packed.shape == (3, 2) and torch.equal(packed, x[real])
+    back = packing.unpack(packed)
+    assert torch.equal(back[real], x[real]) and torch.all(back[~real] == 0)

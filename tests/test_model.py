@@ -126,6 +126,26 @@ def test_decoder_is_causal(variant):
         assert not torch.allclose(after[:, j], before[:, j], atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", VARIANTS[:3])
+def test_packed_encoder_gradients_equal_each_sentence_alone(variant):
+    """A batch that is mostly padding runs the encoder's position-wise layers on its real tokens
+    only (attention.Packing): the memory is zero at padding, and training through it gives the
+    gradients of the sentences run one by one (no padding, no packing), summed."""
+    model = make_model(**variant).train()  # dropout 0: deterministic
+    src, tgt = random_ids(3, 8), random_ids(3, 4)
+    src[0, 3:] = PAD
+    src[2, 5:] = PAD  # 8 of 24 positions are padding: the encoder packs
+    memory, _ = model.encode(src)
+    assert torch.all(memory[0, 3:] == 0) and torch.all(memory[2, 5:] == 0)
+    model(src, tgt).square().sum().backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for i, length in enumerate((3, 8, 5)):
+        model(src[i:i + 1, :length], tgt[i:i + 1]).square().sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(batched[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_padding_does_not_change_real_positions(variant):
     model = make_model(**variant)
