@@ -1,5 +1,5 @@
-"""Where the time goes: torch.profiler operator tables for one training step of the recipe model
-and one beam-4 decode of a 64-sentence batch.
+"""Where the time goes: torch.profiler operator tables for one training step of the recipe model,
+one beam-4 decode and one greedy decode of a 64-sentence batch.
 
     python -m bench.profile [--out bench/results/<date>-<commit>-profile.txt] [--data DIR] [--threads N]
 
@@ -10,7 +10,8 @@ label smoothing, gradient clipping, AdamW as TranslationModule builds it) in the
 recipe trains in (precision null: what pipeline.hardware.choose_precision picks on this machine),
 with the loss as TranslationModule computes it. The decode is generate(beam=4) on 64 validation
 sentences with EOS forbidden, exactly 30 new tokens per hypothesis, on the model as Translator
-prepares it (projections merged), as the benchmark's beam4.
+prepares it (projections merged), as the benchmark's beam4; the greedy decode is the same with
+beam 1, as the benchmark's greedy.
 Each is run twice untimed first (warm-up), then once under the profiler; the tables list the
 top 25 operators by self CPU time. Like the benchmark, it only means something on an idle machine.
 """
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> Path:
     config = DecodingConfig(max_len_ratio=0.0, max_len_extra=n)  # exactly n new tokens: EOS is forbidden
     log(f"beam-4 decode: {src.size(0)} sentences x {n} tokens")
     decode_table, decode_seconds = operator_table(lambda: generate(fixed, src, config, beam=4))
+    log(f"greedy decode: {src.size(0)} sentences x {n} tokens")
+    greedy_table, greedy_seconds = operator_table(lambda: generate(fixed, src, config, beam=1))
 
     commit = git_commit()
     header = [
@@ -99,9 +102,11 @@ def main(argv: list[str] | None = None) -> Path:
         f"{real_tokens(batch)} real tokens; {train_seconds * 1e3:.1f} ms under the profiler",
         f"beam-4 decode: {src.size(0)} sentences, src {list(src.shape)}, {n} new tokens per hypothesis (EOS "
         f"forbidden); {decode_seconds * 1e3:.1f} ms under the profiler",
+        f"greedy decode: the same sentences and rule; {greedy_seconds * 1e3:.1f} ms under the profiler",
     ]
     text = "\n".join(header + ["", f"== one training step: top {ROWS} operators by self CPU time", train_table,
-                               "", f"== one beam-4 decode: top {ROWS} operators by self CPU time", decode_table, ""])
+                               "", f"== one beam-4 decode: top {ROWS} operators by self CPU time", decode_table,
+                               "", f"== one greedy decode: top {ROWS} operators by self CPU time", greedy_table, ""])
     out = Path(args.out) if args.out else (
         ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}-{commit}-profile.txt")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -143,19 +143,21 @@ def test_ours_trains_with_the_fused_loss_of_the_training_module():
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_profile_writes_both_tables(tmp_path, multi30k_dir):
+def test_profile_writes_all_three_tables(tmp_path, multi30k_dir):
     out = bench_profile.main(["--tiny", "--data", str(multi30k_dir), "--out", str(tmp_path / "profile.txt")])
     text = out.read_text(encoding="utf-8")
     assert text.startswith("bench.profile: commit ")
     assert "torch " + torch.__version__ in text and "precision " in text
-    train, decode = text.split("== one training step")[1].split("== one beam-4 decode")
-    for table in (train, decode):
+    train, decodes = text.split("== one training step")[1].split("== one beam-4 decode")
+    beam, greedy = decodes.split("== one greedy decode")
+    for table in (train, beam, greedy):
         assert "Self CPU" in table
         assert 5 <= sum(line.strip().startswith("aten::") for line in table.splitlines()) <= bench_profile.ROWS
     # A training step, then inference: which backward kernels make a tiny model's top 25 varies from run
-    # to run, so the training side is checked by its header, the decode side by having no backward at all.
-    assert "training step: src [" in text and "beam-4 decode:" in text
-    assert "backward" not in decode.lower()
+    # to run, so the training side is checked by its header, the decode sides by having no backward at all.
+    assert "training step: src [" in text and "beam-4 decode:" in text and "greedy decode:" in text
+    assert "backward" not in beam.lower() and "backward" not in greedy.lower()
+    assert "aten::topk" not in greedy  # greedy takes the max: the greedy table is not the beam one again
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
