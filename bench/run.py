@@ -233,7 +233,7 @@ class Side:
         self.name, self.model, self.loss_fn, self.clip = name, model, loss_fn, clip
         self.device_type = next(model.parameters()).device.type
         params = [p for p in model.parameters() if p.requires_grad]
-        kind = {"fused": True} if fused else {}  # fused: as TranslationModule in fp32
+        kind = {"fused": True} if fused else {"foreach": True}  # as TranslationModule: fused in fp32, else foreach
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, **kind)
 
     def train_step(self, batch: Batch, bf16: bool, label_smoothing: float) -> None:
