@@ -6,7 +6,7 @@ one beam-4 decode and one greedy decode of a 64-sentence batch.
 The model and data are the benchmark's (bench/run.py): random weights at the recipe's sizes, a
 V=8000 BPE trained on the multi30k training split, one token-bucket batch of about 64 sentences
 x 24 tokens. The training step uses the recipe's settings (configs/multi30k.yaml: dropouts,
-label smoothing, gradient clipping, AdamW as TranslationModule builds it) in the precision the
+label smoothing, R-Drop, gradient clipping, AdamW as TranslationModule builds it) in the precision the
 recipe trains in (precision null: what pipeline.hardware.choose_precision picks on this machine),
 with the loss as TranslationModule computes it. The decode is generate(beam=4) on 64 validation
 sentences with EOS forbidden, exactly 30 new tokens per hypothesis, on the model as Translator
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import time
 from dataclasses import replace
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = replace(our_config(s), **recipe["model"])
     torch.manual_seed(s.seed)
     model = Transformer(cfg).train()
-    side = Side("ours", model, ours_loss, s.lr, fused=not bf16, clip=recipe["gradient_clip_val"])
+    loss = functools.partial(ours_loss, rdrop_alpha=recipe["rdrop_alpha"])  # the recipe's R-Drop, as fit trains
+    side = Side("ours", model, loss, s.lr, fused=not bf16, clip=recipe["gradient_clip_val"])
 
     log(f"training step: batch {list(batch.src.shape)} -> {list(batch.tgt_in.shape)}, {recipe['precision']}")
     train_table, train_seconds = operator_table(lambda: side.train_step(batch, bf16, recipe["label_smoothing"]))
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> Path:
         f"load average at start {load}" + (" (TINY sizes: numbers meaningless)" if args.tiny else ""),
         f"model: {cfg.to_dict()}",
         f"recipe {recipe['path']}: {recipe['model']}, label smoothing {recipe['label_smoothing']}, gradient clip "
-        f"{recipe['gradient_clip_val']}, precision {recipe['precision']} ({recipe['precision_reason']}), "
+        f"{recipe['gradient_clip_val']}, R-Drop alpha {recipe['rdrop_alpha']}, precision {recipe['precision']} "
+        f"({recipe['precision_reason']}), "
         f"AdamW {'fused' if not bf16 else 'foreach'}",
         f"training step: src {list(batch.src.shape)}, tgt {list(batch.tgt_in.shape)}, "
         f"{real_tokens(batch)} real tokens; {train_seconds * 1e3:.1f} ms under the profiler",
