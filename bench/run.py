@@ -354,20 +354,29 @@ def step_products(cfg: TransformerConfig, batch: int, src_len: int, tgt_len: int
     return forward + [(b, m, n, k) for b, m, k, n in forward] + [(b, k, m, n) for b, m, k, n in forward]
 
 
-def products_gflops(products: list[tuple[int, int, int, int]], dtype: torch.dtype, repeats: int = 3,
+def products_gflops(groups: list[list[tuple[int, int, int, int]]], dtype: torch.dtype, repeats: int = 3,
                     device: str = "cpu") -> float:
-    """Rate of torch.mm/bmm running `products` back to back in `dtype`: what the matrix products
-    of a step could reach at their own shapes, with nothing else in the step."""
+    """Rate of torch.mm/bmm running each group of `products` (one training step's, step_products)
+    back to back in `dtype`, into preallocated outputs: what the matrix products of the steps could
+    reach at their own shapes, with nothing else in the step. Products of the same shape share
+    operands, and one group's are held at a time (one set per product would hold about 1 GB)."""
     g = torch.Generator().manual_seed(0)
-    operands = [tuple(torch.randn(shape, generator=g).to(device=device, dtype=dtype) for shape in ((b, m, k), (b, k, n)))
-                for b, m, k, n in products]
+    flops = seconds = 0.0
+    for products in groups:
+        by_shape = {p: tuple(torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+                             for shape in ((p[0], p[1], p[2]), (p[0], p[2], p[3]), (p[0], p[1], p[3])))
+                    for p in set(products)}
+        operands = [by_shape[p] for p in products]
 
-    def run():
-        for a, w in operands:
-            torch.bmm(a, w) if a.size(0) > 1 else torch.mm(a[0], w[0])
+        def run():
+            for a, w, out in operands:
+                torch.bmm(a, w, out=out) if a.size(0) > 1 else torch.mm(a[0], w[0], out=out[0])
 
-    run()
-    return sum(2 * b * m * k * n for b, m, k, n in products) / min(timed(run) for _ in range(repeats)) / 1e9
+        run()
+        seconds += min(timed(run) for _ in range(repeats))
+        flops += sum(2 * b * m * k * n for b, m, k, n in products)
+        del operands, by_shape
+    return flops / seconds / 1e9
 
 
 def forward_flops(cfg: TransformerConfig, batch: int, src_len: int, tgt_len: int) -> int:
@@ -526,7 +535,7 @@ def run(s: Settings) -> dict:
     tokens = sum(real_tokens(b) for b in batches)
     flops = sum(train_flops(cfg, b) for b in batches)
     log("the training step's own products")
-    products = [p for b in batches for p in step_products(cfg, b.src.size(0), b.src.size(1), b.tgt_in.size(1))]
+    products = [step_products(cfg, b.src.size(0), b.src.size(1), b.tgt_in.size(1)) for b in batches]
     shape_peak = {name: products_gflops(products, dtype, device=s.device)
                   for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
