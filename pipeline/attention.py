@@ -98,27 +98,35 @@ class KVCache:
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (beam search moves hypotheses between beams; decoders drop
-        finished rows). In place where the row count stays (views handed out earlier then see
-        the new order): only the rows whose source differs are copied. Beam search keeps most
-        hypotheses on their parent's row (about 65% at beam 4), so this moves a third of the
-        cache where a full index_select would copy all of it."""
+        finished rows). Where the row count stays, in place (`move_rows`: views handed out
+        earlier then see the new order); fewer rows make new buffers."""
         if self.k is None:
             return
+        if index.numel() == self.k.size(0) and self._in_buffers():
+            moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
+            self.move_rows(moved, index.index_select(0, moved))
+        elif not self._in_buffers():
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        else:  # fewer rows: new buffers with the same spare room, only the filled part copied
+            n = len(self)
+            self._buffers = tuple(self._select(buf, index, n) for buf in self._buffers)
+            self.k, self.v = self._buffers[0][:, :, :n], self._buffers[1][:, :, :n]
+
+    def move_rows(self, rows: Tensor, source: Tensor) -> None:
+        """In place, row rows[i] becomes a copy of row source[i] (all sources are read before
+        any row is written). Beam search keeps most hypotheses on their parent's row (about 65%
+        at beam 4), so moving only the others copies a third of the cache where a full
+        index_select would copy all of it; it finds `rows` once for all layers."""
+        if self.k is None or not rows.numel():
+            return
         if not self._in_buffers():
+            index = torch.arange(self.k.size(0), device=rows.device).index_copy_(0, rows, source)
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
             return
         n = len(self)
-        if index.numel() == self.k.size(0):
-            moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
-            if moved.numel():
-                source = index.index_select(0, moved)
-                for buf in self._buffers:  # the sources first (a moved row may be another's source)
-                    filled = buf[:, :, :n]
-                    filled.index_copy_(0, moved, filled.index_select(0, source))
-            return
-        # Fewer rows: new buffers with the same spare room, only the filled part copied.
-        self._buffers = tuple(self._select(buf, index, n) for buf in self._buffers)
-        self.k, self.v = self._buffers[0][:, :, :n], self._buffers[1][:, :, :n]
+        for buf in self._buffers:
+            filled = buf[:, :, :n]
+            filled.index_copy_(0, rows, filled.index_select(0, source))
 
     @staticmethod
     def _select(buf: Tensor, index: Tensor, n: int) -> Tensor:

@@ -224,9 +224,15 @@ def beam_search(model, src: Tensor, beam: int, max_len: int | Tensor, alpha: flo
                 cross_cache.reorder(keep)
             memory, src_mask = memory.index_select(0, keep), src_mask.index_select(0, keep)
         parent = parent.view(-1)
-        if dropped or not torch.equal(parent, torch.arange(parent.numel(), device=device)):  # else: nothing moved
-            for self_cache, _ in cache:  # cross-attention keys are the same for every beam
+        if dropped or width != k:  # the row count changes: new self-attention caches
+            for self_cache, _ in cache:  # (cross-attention keys are the same for every beam)
                 self_cache.reorder(parent)
+        else:  # the same rows: in place, only the hypotheses whose parent is another row
+            moved = (parent != torch.arange(parent.numel(), device=device)).nonzero().squeeze(1)
+            if moved.numel():  # (found once for all layers: one host sync per step on a GPU)
+                source = parent.index_select(0, moved)
+                for self_cache, _ in cache:
+                    self_cache.move_rows(moved, source)
     out_tokens[sent], out_score[sent] = fin_tokens, fin_score
     tokens = out_tokens[:, :, 1:]  # (B, k, max_len)
     length = int((tokens != PAD).sum(-1).max().item())

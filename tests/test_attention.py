@@ -196,6 +196,20 @@ def test_kv_cache_reorder_in_place_moves_only_changed_rows():
     assert torch.equal(cache.k, torch.cat([before_k[index][keep], k3], 2))
 
 
+def test_kv_cache_move_rows_reads_every_source_before_writing():
+    """Beam search finds the moved rows once per step and moves them in every layer's cache:
+    rows 0 and 1 swap and row 3 copies row 0's old content, on buffers and on a first fill."""
+    before = torch.randn(4, 2, 3, 5)
+    for steps in ((3,), (1, 2)):  # one fill (no buffers yet), then a fill and an append (buffers)
+        cache, start = KVCache(), 0
+        for n in steps:
+            cache.append(before[:, :, start:start + n], -before[:, :, start:start + n])
+            start += n
+        cache.move_rows(torch.tensor([0, 1, 3]), torch.tensor([1, 0, 0]))
+        want = before[torch.tensor([1, 0, 2, 0])]
+        assert torch.equal(cache.k, want) and torch.equal(cache.v, -want)
+
+
 def test_kv_cache_long_runs_match_concatenation():
     """Many steps with reorders (keeping or dropping rows) agree with plain cat/index_select."""
     g = torch.Generator().manual_seed(0)
