@@ -52,14 +52,31 @@ def csv_curve(run: Path) -> tuple[list[dict], list[float], float]:
 
 
 def log_curve(log: Path) -> tuple[list[dict], list[float], float]:
-    """The same from the progress lines of a `fit` log (elapsed: training time at the last line)."""
+    """The same from the progress lines of a `fit` log (elapsed: training time at the last line).
+
+    A log may hold a run and its resumptions (`--ckpt_path last`, appended to the same file): a
+    resumed run repeats the epochs after its checkpoint, so the later line of an epoch wins and
+    the ones after it go. Logs written before ProgressLog counted the Timer's restored time
+    start elapsed again from 0 at a resumption; the epoch before it supplies the offset.
+    """
     found = [m for m in map(PROGRESS.match, log.read_text(encoding="utf-8", errors="replace").splitlines()) if m]
     if not found:
         raise SystemExit(f"no progress lines ('epoch N step M | ...') in {log}")
-    epochs = [{"epoch": int(m["epoch"]), "step": int(m["step"]), "train_loss": float(m["train_loss"]),
-               "val_loss": float(m["val_loss"]), "val_bleu": float(m["val_bleu"]),
-               "elapsed_s": int(m["days"] or 0) * 86400 + seconds(m["elapsed"])} for m in found]
-    speed = [float(m["tokens"].replace(",", "")) for m in found if m["tokens"] != "nan"]
+    epochs, speed = [], []
+    offset, last_clock = 0, 0
+    for m in found:
+        epoch, clock = int(m["epoch"]), int(m["days"] or 0) * 86400 + seconds(m["elapsed"])
+        while epochs and epochs[-1]["epoch"] >= epoch:  # a resumed run redoes these
+            epochs.pop()
+            speed.pop()
+        if clock < last_clock:  # the clock restarted at the resumption
+            offset = epochs[-1]["elapsed_s"] if epochs else 0
+        last_clock = clock
+        epochs.append({"epoch": epoch, "step": int(m["step"]), "train_loss": float(m["train_loss"]),
+                       "val_loss": float(m["val_loss"]), "val_bleu": float(m["val_bleu"]),
+                       "elapsed_s": offset + clock})
+        speed.append(float(m["tokens"].replace(",", "")) if m["tokens"] != "nan" else None)
+    speed = [x for x in speed if x is not None]
     return epochs, speed, float(epochs[-1]["elapsed_s"])
 
 

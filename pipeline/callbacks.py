@@ -23,28 +23,35 @@ class ProgressLog(L.Callback):
 
         epoch 3 step 748 | train loss 3.210 | val loss 2.905 | val BLEU 20.39 | 5,120 tok/s |
         elapsed 0:10:31 | remaining ~1:35:12
-    The remaining time is the sooner of trainer.max_time and max_epochs at the mean epoch time.
+    The remaining time is the sooner of trainer.max_time and max_epochs at the mean epoch time
+    of this process. Elapsed is the training time the Timer of trainer.max_time counts, which a
+    resumed run restores from its checkpoint (so the line goes on where the cut run left off),
+    or the time since training started without one.
     """
 
     def __init__(self):
         self.start = None
+        self.first_epoch = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = time.monotonic()
+        self.first_epoch = trainer.current_epoch  # past 0 when resumed from a checkpoint
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.start is None:
             return
         metrics = trainer.callback_metrics
         value = lambda key: float(metrics[key]) if key in metrics else float("nan")  # noqa: E731
-        elapsed = time.monotonic() - self.start
+        here = time.monotonic() - self.start  # this process's share
+        elapsed = here
         epochs_done = trainer.current_epoch + (1 if trainer.fit_loop.epoch_loop.done else 0)
         left = []
-        if trainer.max_epochs and trainer.max_epochs > 0 and epochs_done:
-            left.append(elapsed / epochs_done * (trainer.max_epochs - epochs_done))
+        if trainer.max_epochs and trainer.max_epochs > 0 and epochs_done > self.first_epoch:
+            left.append(here / (epochs_done - self.first_epoch) * (trainer.max_epochs - epochs_done))
         timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
         if timer is not None and timer._duration is not None:
-            left.append(timer._duration - timer.time_elapsed("train"))
+            elapsed = timer.time_elapsed("train")
+            left.append(timer._duration - elapsed)
         line = (f"epoch {trainer.current_epoch} step {trainer.global_step} | train loss {value('train/loss'):.3f} | "
                 f"val loss {value('val/loss'):.3f} | val BLEU {value('val/bleu'):.2f} | "
                 f"{value('train/tokens_per_sec'):,.0f} tok/s | elapsed {_clock(elapsed)}")

@@ -347,3 +347,24 @@ def test_results_line_counts_a_cut_epoch_apart():
     assert epochs_phrase(full) == "3 epochs"
     cut = full + [{"epoch": 3, "step": 187 * 3 + 90}]  # max_time stopped the 4th epoch halfway
     assert epochs_phrase(cut) == "3 full epochs (4 validations, the last after a partial epoch)"
+
+
+@pytest.mark.parametrize("restored_clock", [False, True])
+def test_learning_curve_of_a_log_with_a_resumption(tmp_path, restored_clock):
+    """A run cut after epoch 2 and resumed from its epoch-1 checkpoint into the same log: the
+    resumed epoch 2 replaces the cut one, and elapsed counts on from epoch 1's, whether the
+    resumed process printed its own clock (older logs) or the Timer's restored one."""
+    from bench import curve
+
+    def line(epoch, bleu, clock):
+        return (f"epoch {epoch} step {10 * epoch} | train loss 3.000 | val loss 2.000 | val BLEU {bleu} | "
+                f"1,000 tok/s | elapsed 0:{clock // 60:02d}:{clock % 60:02d} | remaining ~0:10:00")
+
+    resumed = [line(2, 12.0, 300 if restored_clock else 100), line(3, 13.0, 400 if restored_clock else 200)]
+    log = tmp_path / "train.log"
+    log.write_text("\n".join([line(0, 1.0, 100), line(1, 5.0, 200), line(2, 9.0, 300), "=== resumed ===",
+                              *resumed]) + "\n", encoding="utf-8")
+    epochs, speed, wall = curve.log_curve(log)
+    assert [(e["epoch"], e["val_bleu"], e["elapsed_s"]) for e in epochs] == [
+        (0, 1.0, 100), (1, 5.0, 200), (2, 12.0, 300), (3, 13.0, 400)]
+    assert wall == 400 and speed == [1000.0] * 4

@@ -69,7 +69,9 @@ def test_progress_line_after_each_validation(capsys):
                                                     torch.tensor(5120.0)})
     callback.on_validation_end(trainer, None)
     assert capsys.readouterr().out == ""  # nothing before training started
+    trainer.current_epoch = 0
     callback.on_train_start(trainer, None)
+    trainer.current_epoch = 1
     callback.start -= 100  # 100 s for 2 epochs: 3 more epochs take about 150 s
     callback.on_validation_end(trainer, None)
     line = capsys.readouterr().out
@@ -78,6 +80,33 @@ def test_progress_line_after_each_validation(capsys):
     trainer.sanity_checking = True
     callback.on_validation_end(trainer, None)
     assert capsys.readouterr().out == ""
+
+
+def test_progress_line_of_a_resumed_run_goes_on_from_the_checkpoint(capsys):
+    """Resumed at epoch 23 with 1:02:00 already trained: elapsed continues from the Timer's
+    restored count, and the epoch rate comes from this process's epochs only (it once divided
+    this process's time by all 24 epochs, and said 19 minutes were left where 10 were)."""
+    import torch
+
+    class Timer:  # what ProgressLog reads of Lightning's Timer
+        _duration = 2 * 3600.0
+
+        def time_elapsed(self, stage):
+            return 3720.0 + 100.0
+
+    callback = ProgressLog()
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=23, global_step=4488,
+                              max_epochs=30, callbacks=[Timer()],
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(done=True)),
+                              callback_metrics={"train/loss": torch.tensor(2.5)})
+    callback.on_train_start(trainer, None)
+    callback.start -= 100  # one epoch (23) in this process: 6 more take about 600 s
+    callback.on_validation_end(trainer, None)
+    line = capsys.readouterr().out
+    assert "elapsed 1:03:40" in line and "remaining ~0:10:00" in line
+    trainer.max_epochs = 200  # now the Timer ends the run first: 7200 - 3820 s
+    callback.on_validation_end(trainer, None)
+    assert "remaining ~0:56:20" in capsys.readouterr().out
 
 
 def test_freed_heap_memory_goes_back_every_n_steps():
