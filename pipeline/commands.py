@@ -12,36 +12,6 @@ from typing import Literal
 
 from pipeline.errors import UserError
 
-STARTED = time.monotonic()  # the run's wall time in results.json counts from here
-
-
-def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: list[str] | None = None) -> dict:
-    """`finalize` on the validation and test pairs of a datamodule; the summary goes to W&B too."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    from pipeline.finalize import finalize
-
-    validation = datamodule.load("validation")
-    try:
-        test = datamodule.load("test")
-    except UserError as e:
-        print(f"final: no test split ({e})", flush=True)
-        test = None
-    extra = {"command": "python -m pipeline " + " ".join(argv or sys.argv[1:])}
-    if trainer is not None:
-        extra |= {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
-                  "precision": str(trainer.precision), "wall_time_s": round(time.monotonic() - STARTED, 1)}
-    results = finalize(run_dir, validation, test, final_config, log=lambda m: print(m, flush=True), **extra)
-    for logger in (trainer.loggers if trainer is not None else []):
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(
-                {"final/val_bleu": results["validation"]["bleu"], "final/beam": results["beam"],
-                 "final/length_penalty": results["length_penalty"], "final/chosen_from": results["chosen_from"],
-                 **({"final/test_bleu": results["test"]["bleu"], "final/test_chrf": results["test"]["chrf"]}
-                    if results["test"] else {})})
-    return results
-
-
 def finalize(run: str) -> None:
     """Choose the checkpoint (best, or an average of the newest epochs) and the decoding (beam,
     length penalty) on validation, score the test split once, write RUN/results.json and
@@ -55,6 +25,7 @@ def finalize(run: str) -> None:
 
     from pipeline.datamodule import TranslationDataModule
     from pipeline.finalize import FinalConfig
+    from pipeline.training import run_finalize
 
     config_file = Path(run) / "config.yaml"
     if not config_file.is_file():

@@ -84,7 +84,7 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from pipeline.cli import lightning_cli
+    from pipeline.training import lightning_cli
 
     config = read_sweep(sweep_file)
     total = trials or config.trials

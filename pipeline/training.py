@@ -1,0 +1,245 @@
+"""Training through LightningCLI: `fit`, `validate` and `test` over the typed config groups
+(model, train, decoding, data, run, checkpoint, final), and the `final:` step that ends a fit.
+
+The command table in cli.py dispatches here; the sweep (sweep.py) runs its trials through
+`lightning_cli` too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pipeline.errors import UserError
+
+STARTED = time.monotonic()  # the run's wall time in results.json counts from here
+
+
+# -- typed groups of the training commands --------------------------------------------------
+@dataclass
+class RunConfig:
+    """Where a training run writes: the `run:` section.
+
+    Args:
+        name: run directory runs/<name> (default: the config file's name).
+        root: folder that holds the runs.
+        overwrite: replace an existing run directory instead of refusing.
+        logger: wandb (offline unless WANDB_MODE says otherwise) or csv.
+        wandb_project: W&B project.
+        wandb_group: W&B group (a sweep groups its trials under its name).
+        attention_text: W&B runs: sentence whose cross-attention image is logged after each
+            validation (default: one from the first validation batch).
+    """
+
+    name: str | None = None
+    root: str = "runs"
+    overwrite: bool = False
+    logger: Literal["wandb", "csv"] = "wandb"
+    wandb_project: str = "pipeline-nmt"
+    wandb_group: str | None = None
+    attention_text: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    """Which checkpoints a training run keeps: the `checkpoint:` section (best.ckpt by
+    validation BLEU and last.ckpt are always written).
+
+    Args:
+        every_n_train_steps: also write last.ckpt every N steps (mid-epoch resume points).
+        keep_epochs: keep the checkpoints of the last K epochs (for `average`).
+        early_stop_patience: stop after this many validations without a better val/bleu.
+    """
+
+    every_n_train_steps: int | None = None
+    keep_epochs: int = 0
+    early_stop_patience: int | None = None
+
+
+def lightning_cli(args: list[str], extra_callbacks: list | None = None):
+    """fit / validate / test through LightningCLI, with the typed groups above; returns the
+    LightningCLI (its trainer and model). `extra_callbacks` join fit's (the sweep's pruner)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from pipeline.callbacks import AttentionImageCallback, ProgressLog, ReleaseFreedMemory
+    from pipeline.checkpoints import AtomicCheckpointIO, read_checkpoint
+    from pipeline.datamodule import TranslationDataModule
+    from pipeline.decoding import DecodingConfig
+    from pipeline.finalize import FinalConfig
+    from pipeline.hardware import choose_precision
+    from pipeline.model import TransformerConfig
+    from pipeline.module import TrainConfig, TranslationModule
+
+    class TranslationCLI(LightningCLI):
+        def add_core_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(self.trainer_class, "trainer")
+            parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+            parser.add_class_arguments(TransformerConfig, "model", help="the architecture (TransformerConfig)")
+            parser.add_class_arguments(TrainConfig, "train", help="loss, optimiser and schedule (TrainConfig)")
+            parser.add_class_arguments(DecodingConfig, "decoding", help="how validation/test translate")
+            parser.add_lightning_class_args(TranslationDataModule, "data")
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_class_arguments(RunConfig, "run", help="where the run writes (RunConfig)")
+            parser.add_class_arguments(CheckpointConfig, "checkpoint", help="checkpoints kept (CheckpointConfig)")
+            parser.add_class_arguments(FinalConfig, "final", help="after fit: choose on validation, score test")
+            parser.link_arguments("data.vocab_size", "model.vocab_size")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand]
+            configs = cfg.get("config") or []
+            name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
+            self.run_dir = Path(cfg.run.root) / name
+            if cfg.trainer.get("precision") is None:  # null: measured on this machine (hardware.py)
+                model = {**cfg.model.as_dict(), "vocab_size": cfg.data.vocab_size}
+                cfg.trainer.precision, reason = choose_precision(str(cfg.trainer.get("accelerator") or "auto"), model,
+                                                                 cfg.data.max_tokens)
+                if rank_zero_only.rank == 0:
+                    print(f"precision: {cfg.trainer.precision} ({reason}; --trainer.precision sets it)", flush=True)
+            if self.subcommand != "fit":
+                self.save_config_callback = None  # validate/test write nothing (no config.yaml in the cwd)
+                self.use_checkpoint_config(cfg)
+                return
+            cfg.data.tokenizer_file = str(self.run_dir / "tokenizer.json")
+            if rank_zero_only.rank != 0:  # DDP workers re-run this CLI; rank 0 owns the run directory
+                return
+            if self.run_dir.exists() and cfg.get("ckpt_path") is None:
+                if not cfg.run.overwrite:
+                    raise UserError(f"run directory {self.run_dir} already exists: resume with --ckpt_path last, "
+                                    "pick another --run.name, or pass --run.overwrite true")
+                shutil.rmtree(self.run_dir)
+            if cfg.get("ckpt_path") == "last" and not (self.run_dir / "checkpoints" / "last.ckpt").exists():
+                raise UserError(f"--ckpt_path last: no {self.run_dir}/checkpoints/last.ckpt to resume from")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            print(f"run directory: {self.run_dir}", flush=True)
+
+        def use_checkpoint_config(self, cfg) -> None:
+            """validate/test score a checkpoint: its architecture, tokenizer and languages come
+            from the file (a config file can only change the data and --decoding.* flags)."""
+            ckpt_path = cfg.get("ckpt_path")
+            if ckpt_path in ("last", "best"):
+                ckpt_path = cfg.ckpt_path = str(self.run_dir / "checkpoints" / f"{ckpt_path}.ckpt")
+            if not ckpt_path:
+                raise UserError(f"{self.subcommand} scores a trained model: pass --ckpt_path "
+                                "runs/<name>/checkpoints/best.ckpt (or best / last with --config of the run)")
+            ckpt = read_checkpoint(ckpt_path)
+            hp = ckpt["hyper_parameters"]
+            for key, value in hp["model"].items():
+                cfg.model[key] = value
+            cfg.data.vocab_size = hp["model"]["vocab_size"]
+            for key, value in hp["decoding"].items():
+                if f"--decoding.{key}" not in args:
+                    cfg.decoding[key] = value
+            if ckpt["languages"]:
+                cfg.data.src_lang, cfg.data.tgt_lang = ckpt["languages"]
+            tokenizer_file = Path(tempfile.mkdtemp(prefix="pipeline-")) / "tokenizer.json"
+            tokenizer_file.write_text(ckpt["tokenizer"], encoding="utf-8")
+            cfg.data.tokenizer_file = str(tokenizer_file)
+
+        def _parse_ckpt_path(self) -> None:
+            """LightningCLI would copy a checkpoint's hyper-parameters into the parser as flat
+            `model.*` keys; this project's checkpoints nest them ({"model", "train", "decoding"})
+            and validate/test read them in `use_checkpoint_config` instead."""
+
+        def instantiate_classes(self) -> None:
+            try:  # the config classes check their values in __post_init__ (ValueError)
+                self.config_init = self.parser.instantiate_classes(self.config)
+            except ValueError as e:
+                raise UserError(str(e).strip().splitlines()[-1]) from None
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = TranslationModule(self._get(self.config_init, "model"), self._get(self.config_init, "train"),
+                                           self._get(self.config_init, "decoding"))
+            self.trainer = self.instantiate_trainer()
+
+        def instantiate_trainer(self, **kwargs):
+            cfg = self.config_init[self.subcommand]
+            if self.subcommand != "fit":
+                return super().instantiate_trainer(logger=False, **kwargs)
+            ckpt_dir = self.run_dir / "checkpoints"
+            callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog(), ReleaseFreedMemory(),
+                                                                  *(extra_callbacks or [])]
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
+                                             save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                             enable_version_counter=False))
+            if cfg.checkpoint.every_n_train_steps:
+                callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                                                 every_n_train_steps=cfg.checkpoint.every_n_train_steps))
+            if cfg.checkpoint.keep_epochs:
+                callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", monitor="epoch",
+                                                 mode="max", save_top_k=cfg.checkpoint.keep_epochs,
+                                                 auto_insert_metric_name=False))
+            if cfg.checkpoint.early_stop_patience is not None:
+                callbacks.append(EarlyStopping(monitor="val/bleu", mode="max",
+                                               patience=cfg.checkpoint.early_stop_patience))
+            if cfg.run.logger == "wandb":
+                callbacks.append(AttentionImageCallback(text=cfg.run.attention_text))
+                logger = WandbLogger(project=cfg.run.wandb_project, name=self.run_dir.name,
+                                     save_dir=str(self.run_dir), group=cfg.run.wandb_group)
+            else:
+                logger = CSVLogger(save_dir=str(self.run_dir), name="", version="")
+            plugins = list(cfg.trainer.get("plugins") or []) + [AtomicCheckpointIO()]
+            return super().instantiate_trainer(callbacks=callbacks, logger=logger, plugins=plugins, **kwargs)
+
+        def after_fit(self) -> None:
+            """Choose checkpoint and decoding on validation, score test once, write results.json."""
+            cfg = self.config_init["fit"]
+            if not cfg.final.enabled or not self.trainer.is_global_zero or self.trainer.interrupted:
+                return
+            run_finalize(self.run_dir, self.datamodule, cfg.final, self.trainer, args)
+
+        def after_validate(self) -> None:
+            self.print_scores("validation")
+
+        def after_test(self) -> None:
+            self.print_scores("test")
+
+        def print_scores(self, split: str) -> None:
+            scores = getattr(self.model, "last_scores", None)
+            if scores and self.trainer.is_global_zero:
+                prefix = "val" if split == "validation" else "test"
+                print(f"{split} BLEU {scores[f'{prefix}/bleu']:.2f}  chrF {scores[f'{prefix}/chrf']:.2f}  "
+                      f"on {scores['n']} sentences, beam {self.model.decoding.beam}; {scores['signature']}", flush=True)
+
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    cli = TranslationCLI(None, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
+                         trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False)
+    if cli.subcommand == "fit" and rank_zero_only.rank == 0:
+        print(f"run directory: {cli.run_dir}", flush=True)
+    return cli
+
+
+# -- the `final:` step ---------------------------------------------------------------------
+def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: list[str] | None = None) -> dict:
+    """`finalize` on the validation and test pairs of a datamodule; the summary goes to W&B too."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from pipeline.finalize import finalize
+
+    validation = datamodule.load("validation")
+    try:
+        test = datamodule.load("test")
+    except UserError as e:
+        print(f"final: no test split ({e})", flush=True)
+        test = None
+    extra = {"command": "python -m pipeline " + " ".join(argv or sys.argv[1:])}
+    if trainer is not None:
+        extra |= {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
+                  "precision": str(trainer.precision), "wall_time_s": round(time.monotonic() - STARTED, 1)}
+    results = finalize(run_dir, validation, test, final_config, log=lambda m: print(m, flush=True), **extra)
+    for logger in (trainer.loggers if trainer is not None else []):
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(
+                {"final/val_bleu": results["validation"]["bleu"], "final/beam": results["beam"],
+                 "final/length_penalty": results["length_penalty"], "final/chosen_from": results["chosen_from"],
+                 **({"final/test_bleu": results["test"]["bleu"], "final/test_chrf": results["test"]["chrf"]}
+                    if results["test"] else {})})
+    return results
