@@ -12,7 +12,7 @@ from torch import nn
 from helpers import make_model
 from pipeline.attention import KVCache, padding_mask
 from pipeline.decoding import (DecodingConfig, beam_search, generate, greedy_decode, length_penalty,
-                               max_new_tokens)
+                               max_new_tokens, topk_wide)
 from pipeline.tokenizer import BOS, EOS, PAD, UNK
 
 A, B = 4, 5  # the stub's two word tokens
@@ -353,3 +353,21 @@ def test_beam_search_decodes_one_row_per_sentence_at_the_first_step():
     for i in range(3):
         for hyp, score in zip((strip(h) for h in tokens[i].tolist()), scores[i].tolist()):
             assert score == pytest.approx(model_logp(model, src[i], hyp) / len(hyp), abs=1e-4)
+
+
+@pytest.mark.parametrize("width", [32000, 40000, 32003, 500])
+def test_topk_wide_equals_topk(width):
+    """The chunked top-k gives torch.topk's values and columns: on random rows, on a row whose
+    8 best values share one chunk, on one where they sit in 8 chunks, with -inf columns (PAD and
+    BOS), for widths that 128 divides, that 125 divides (a 10k vocabulary × 4 beams), that
+    nothing near 128 divides (prime: plain topk) and too narrow to chunk."""
+    g = torch.Generator().manual_seed(width)
+    scores = torch.randn(6, width, generator=g)
+    scores[:, ::4000] = float("-inf")
+    scores[1, 300:308] = 10 + torch.arange(8.0)  # one chunk holds all the best
+    scores[2, torch.arange(8) * (width // 8)] = 10 + torch.arange(8.0)  # eight chunks, one each
+    scores[3] = scores[3].abs().neg()  # all negative: chunk maxima below zero
+    values, columns = topk_wide(scores, 8)
+    want_values, want_columns = scores.topk(8, dim=1)
+    assert torch.equal(values, want_values) and torch.equal(columns, want_columns)
+    assert torch.equal(scores.gather(1, columns), values)
