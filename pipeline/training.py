@@ -232,8 +232,14 @@ def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: li
         test = None
     extra = {"command": "python -m pipeline " + " ".join(argv or sys.argv[1:])}
     if trainer is not None:
+        from lightning.pytorch.callbacks import Timer
+
+        # wall_time_s: this process (set-up to here; a resumed run counts its own part only);
+        # training_time_s: the max_time Timer's count, which a resumed run restores.
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         extra |= {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
-                  "precision": str(trainer.precision), "wall_time_s": round(time.monotonic() - STARTED, 1)}
+                  "precision": str(trainer.precision), "wall_time_s": round(time.monotonic() - STARTED, 1),
+                  "training_time_s": round(timer.time_elapsed("train"), 1) if timer is not None else None}
     results = finalize(run_dir, validation, test, final_config, log=lambda m: print(m, flush=True), **extra)
     for logger in (trainer.loggers if trainer is not None else []):
         if isinstance(logger, WandbLogger):

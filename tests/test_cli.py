@@ -16,7 +16,7 @@ MULTI30K = DATA / "multi30k"
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     proc = smoke_fit(root, "--trainer.max_epochs", "2", "--data.train_limit", "1000", "--data.val_limit", "50",
-                     "--checkpoint.keep_epochs", "2", final=True)
+                     "--checkpoint.keep_epochs", "2", "--trainer.max_time", "00:01:00:00", final=True)
     return root / "smoke", proc
 
 
@@ -50,6 +50,7 @@ def test_fit_ends_with_results_chosen_on_validation(smoke_run, tmp_path):
     chosen = max(results["grid"], key=lambda g: g["bleu"])
     assert (results["beam"], results["validation"]["bleu"]) == (chosen["beam"], chosen["bleu"])
     assert results["epochs"] == 2 and results["wall_time_s"] > 0 and results["command"].startswith("python -m")
+    assert 0 < results["training_time_s"] < results["wall_time_s"]  # the max_time Timer's count
     final_line = [line for line in proc.stdout.splitlines() if line.startswith("final: test BLEU")]
     assert len(final_line) == 1 and str(run / "results.json") in final_line[0]
     assert not list((run / "checkpoints").glob("avg-last*.ckpt"))  # candidates that lost are removed
