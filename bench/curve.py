@@ -51,33 +51,46 @@ def csv_curve(run: Path) -> tuple[list[dict], list[float], float]:
     return epochs, speed, wall
 
 
+# What Lightning prints when `fit --ckpt_path ...` resumes a run.
+RESUMED = "Restored all states from the checkpoint"
+
+
 def log_curve(log: Path) -> tuple[list[dict], list[float], float]:
     """The same from the progress lines of a `fit` log (elapsed: training time at the last line).
 
-    A log may hold a run and its resumptions (`--ckpt_path last`, appended to the same file): a
-    resumed run repeats the epochs after its checkpoint, so the later line of an epoch wins and
-    the ones after it go. Logs written before ProgressLog counted the Timer's restored time
-    start elapsed again from 0 at a resumption; the epoch before it supplies the offset.
+    A log may hold a run and its resumptions (`--ckpt_path last`, appended to the same file),
+    each found by Lightning's "Restored all states" line, or by the step or the clock going back.
+    A resumed process redoes the steps after its checkpoint: its lines replace those. Its clock
+    either goes on from the checkpoint (the max_time Timer's count, about the last kept line's
+    elapsed plus one interval between validations) or starts again at 0 (no Timer, or a log from
+    before ProgressLog read the Timer: about one interval); in the second case the last kept
+    line's elapsed is added to it.
     """
-    found = [m for m in map(PROGRESS.match, log.read_text(encoding="utf-8", errors="replace").splitlines()) if m]
-    if not found:
-        raise SystemExit(f"no progress lines ('epoch N step M | ...') in {log}")
     epochs, speed = [], []
-    offset, last_clock = 0, 0
-    for m in found:
-        epoch, clock = int(m["epoch"]), int(m["days"] or 0) * 86400 + seconds(m["elapsed"])
-        while epochs and epochs[-1]["epoch"] >= epoch:  # a resumed run redoes these
-            epochs.pop()
-            speed.pop()
-        if clock < last_clock:  # the clock restarted at the resumption
-            offset = epochs[-1]["elapsed_s"] if epochs else 0
+    offset, last_clock, resumed = 0, -1, False
+    for text in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if RESUMED in text:
+            resumed = True
+        m = PROGRESS.match(text)
+        if not m:
+            continue
+        step, clock = int(m["step"]), int(m["days"] or 0) * 86400 + seconds(m["elapsed"])
+        if resumed or (epochs and (step <= epochs[-1]["step"] or clock < last_clock)):
+            while epochs and epochs[-1]["step"] >= step:  # redone by the resumed process
+                epochs.pop()
+                speed.pop()
+            base = epochs[-1]["elapsed_s"] if epochs else 0
+            interval = base / len(epochs) if epochs else 0
+            offset = base if clock < base + interval / 2 else 0
+            resumed = False
         last_clock = clock
-        epochs.append({"epoch": epoch, "step": int(m["step"]), "train_loss": float(m["train_loss"]),
+        epochs.append({"epoch": int(m["epoch"]), "step": step, "train_loss": float(m["train_loss"]),
                        "val_loss": float(m["val_loss"]), "val_bleu": float(m["val_bleu"]),
                        "elapsed_s": offset + clock})
         speed.append(float(m["tokens"].replace(",", "")) if m["tokens"] != "nan" else None)
-    speed = [x for x in speed if x is not None]
-    return epochs, speed, float(epochs[-1]["elapsed_s"])
+    if not epochs:
+        raise SystemExit(f"no progress lines ('epoch N step M | ...') in {log}")
+    return epochs, [x for x in speed if x is not None], float(epochs[-1]["elapsed_s"])
 
 
 def curve(run: Path, log: Path | None = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 from datetime import timedelta
 
@@ -23,19 +24,20 @@ class ProgressLog(L.Callback):
 
         epoch 3 step 748 | train loss 3.210 | val loss 2.905 | val BLEU 20.39 | 5,120 tok/s |
         elapsed 0:10:31 | remaining ~1:35:12
-    The remaining time is the sooner of trainer.max_time and max_epochs at the mean epoch time
-    of this process. Elapsed is the training time the Timer of trainer.max_time counts, which a
-    resumed run restores from its checkpoint (so the line goes on where the cut run left off),
-    or the time since training started without one.
+    The remaining time is the sooner of trainer.max_time and the steps left (to max_epochs or
+    max_steps) at this process's mean time per step, validation included (steps, not epochs: a
+    run resumed mid-epoch has done part of its first one). Elapsed is the training time the
+    Timer of trainer.max_time counts, which a resumed run restores from its checkpoint (so the
+    line goes on where the cut run left off), or the time since training started without one.
     """
 
     def __init__(self):
         self.start = None
-        self.first_epoch = 0
+        self.first_step = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = time.monotonic()
-        self.first_epoch = trainer.current_epoch  # past 0 when resumed from a checkpoint
+        self.first_step = trainer.global_step  # past 0 when resumed from a checkpoint
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.start is None:
@@ -44,10 +46,10 @@ class ProgressLog(L.Callback):
         value = lambda key: float(metrics[key]) if key in metrics else float("nan")  # noqa: E731
         here = time.monotonic() - self.start  # this process's share
         elapsed = here
-        epochs_done = trainer.current_epoch + (1 if trainer.fit_loop.epoch_loop.done else 0)
+        steps_here, total = trainer.global_step - self.first_step, trainer.estimated_stepping_batches
         left = []
-        if trainer.max_epochs and trainer.max_epochs > 0 and epochs_done > self.first_epoch:
-            left.append(here / (epochs_done - self.first_epoch) * (trainer.max_epochs - epochs_done))
+        if steps_here > 0 and math.isfinite(total):
+            left.append(here / steps_here * max(total - trainer.global_step, 0))
         timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
         if timer is not None and timer._duration is not None:
             elapsed = timer.time_elapsed("train")

@@ -349,22 +349,40 @@ def test_results_line_counts_a_cut_epoch_apart():
     assert epochs_phrase(cut) == "3 full epochs (4 validations, the last after a partial epoch)"
 
 
-@pytest.mark.parametrize("restored_clock", [False, True])
-def test_learning_curve_of_a_log_with_a_resumption(tmp_path, restored_clock):
-    """A run cut after epoch 2 and resumed from its epoch-1 checkpoint into the same log: the
-    resumed epoch 2 replaces the cut one, and elapsed counts on from epoch 1's, whether the
-    resumed process printed its own clock (older logs) or the Timer's restored one."""
+def progress_line(epoch, step, bleu, clock):
+    return (f"epoch {epoch} step {step} | train loss 3.000 | val loss 2.000 | val BLEU {bleu} | "
+            f"1,000 tok/s | elapsed 0:{clock // 60:02d}:{clock % 60:02d} | remaining ~0:10:00")
+
+
+RESUMED = "Restored all states from the checkpoint at runs/x/checkpoints/last.ckpt"
+
+
+@pytest.mark.parametrize("lines, want", [
+    # cut after epoch 2, resumed from epoch 1's checkpoint; the clock starts again (no Timer)
+    ([(0, 10, 100), (1, 20, 200), (2, 30, 300), RESUMED, (2, 30, 110), (3, 40, 210)],
+     [(0, 100), (1, 200), (2, 310), (3, 410)]),
+    # the same with the Timer's restored clock, the redone epoch a little faster
+    ([(0, 10, 100), (1, 20, 200), (2, 30, 300), RESUMED, (2, 30, 290), (3, 40, 390)],
+     [(0, 100), (1, 200), (2, 290), (3, 390)]),
+    # two resumptions at epoch ends, clocks starting again, the second one's above the first's
+    ([(0, 10, 100), (1, 20, 200), (2, 30, 300), RESUMED, (3, 40, 100), RESUMED, (4, 50, 110)],
+     [(0, 100), (1, 200), (2, 300), (3, 400), (4, 510)]),
+    # a resumption whose "Restored" line did not reach the log: the step goes back
+    ([(0, 10, 100), (1, 20, 200), (2, 30, 300), (2, 30, 110), (3, 40, 210)],
+     [(0, 100), (1, 200), (2, 310), (3, 410)]),
+    # validations twice an epoch (val_check_interval), no resumption: every line stays
+    ([(0, 5, 50), (0, 10, 100), (1, 15, 150), (1, 20, 200)], [(0, 50), (0, 100), (1, 150), (1, 200)]),
+])
+def test_learning_curve_of_a_log_with_resumptions(tmp_path, lines, want):
+    """A run and its resumptions in one log: a resumed process's lines replace the ones it
+    redoes, and elapsed counts on from the checkpoint whether the process printed its own clock
+    (older logs, runs without max_time) or the Timer's restored one."""
     from bench import curve
 
-    def line(epoch, bleu, clock):
-        return (f"epoch {epoch} step {10 * epoch} | train loss 3.000 | val loss 2.000 | val BLEU {bleu} | "
-                f"1,000 tok/s | elapsed 0:{clock // 60:02d}:{clock % 60:02d} | remaining ~0:10:00")
-
-    resumed = [line(2, 12.0, 300 if restored_clock else 100), line(3, 13.0, 400 if restored_clock else 200)]
     log = tmp_path / "train.log"
-    log.write_text("\n".join([line(0, 1.0, 100), line(1, 5.0, 200), line(2, 9.0, 300), "=== resumed ===",
-                              *resumed]) + "\n", encoding="utf-8")
+    log.write_text("\n".join(x if isinstance(x, str) else progress_line(x[0], x[1], 1.0 + x[1], x[2])
+                             for x in lines) + "\n", encoding="utf-8")
     epochs, speed, wall = curve.log_curve(log)
-    assert [(e["epoch"], e["val_bleu"], e["elapsed_s"]) for e in epochs] == [
-        (0, 1.0, 100), (1, 5.0, 200), (2, 12.0, 300), (3, 13.0, 400)]
-    assert wall == 400 and speed == [1000.0] * 4
+    assert [(e["epoch"], e["elapsed_s"]) for e in epochs] == want
+    assert [e["val_bleu"] for e in epochs] == [1.0 + e["step"] for e in epochs]
+    assert wall == want[-1][1] and speed == [1000.0] * len(want)

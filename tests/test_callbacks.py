@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from helpers import SEED
 from pipeline.batching import collate
@@ -63,15 +64,16 @@ def test_progress_line_after_each_validation(capsys):
     callback = ProgressLog()
     epoch_loop = SimpleNamespace(done=True)
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=1, global_step=40,
-                              max_epochs=5, callbacks=[], fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
+                              estimated_stepping_batches=100, callbacks=[],  # 5 epochs of 20 steps
+                              fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
                               callback_metrics={"train/loss": torch.tensor(3.25), "val/loss": torch.tensor(2.5),
                                                 "val/bleu": torch.tensor(20.391), "train/tokens_per_sec":
                                                     torch.tensor(5120.0)})
     callback.on_validation_end(trainer, None)
     assert capsys.readouterr().out == ""  # nothing before training started
-    trainer.current_epoch = 0
+    trainer.global_step = 0
     callback.on_train_start(trainer, None)
-    trainer.current_epoch = 1
+    trainer.global_step = 40
     callback.start -= 100  # 100 s for 2 epochs: 3 more epochs take about 150 s
     callback.on_validation_end(trainer, None)
     line = capsys.readouterr().out
@@ -82,10 +84,12 @@ def test_progress_line_after_each_validation(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_progress_line_of_a_resumed_run_goes_on_from_the_checkpoint(capsys):
-    """Resumed at epoch 23 with 1:02:00 already trained: elapsed continues from the Timer's
-    restored count, and the epoch rate comes from this process's epochs only (it once divided
-    this process's time by all 24 epochs, and said 19 minutes were left where 10 were)."""
+@pytest.mark.parametrize("mid_epoch", [False, True])
+def test_progress_line_of_a_resumed_run_goes_on_from_the_checkpoint(capsys, mid_epoch):
+    """Resumed with 1:02:00 already trained, at the start of epoch 23 or with 90% of it done
+    (a mid-epoch last.ckpt): elapsed continues from the Timer's restored count, and the rate
+    comes from this process's steps only (it once divided this process's time by all 24
+    epochs, and said 19 minutes were left where 45 were)."""
     import torch
 
     class Timer:  # what ProgressLog reads of Lightning's Timer
@@ -94,17 +98,21 @@ def test_progress_line_of_a_resumed_run_goes_on_from_the_checkpoint(capsys):
         def time_elapsed(self, stage):
             return 3720.0 + 100.0
 
+    steps = 200  # per epoch; 30 epochs in all
     callback = ProgressLog()
-    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=23, global_step=4488,
-                              max_epochs=30, callbacks=[Timer()],
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=23,
+                              global_step=23 * steps + (180 if mid_epoch else 0),
+                              estimated_stepping_batches=30 * steps, callbacks=[Timer()],
                               fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(done=True)),
                               callback_metrics={"train/loss": torch.tensor(2.5)})
     callback.on_train_start(trainer, None)
-    callback.start -= 100  # one epoch (23) in this process: 6 more take about 600 s
+    trainer.global_step = 25 * steps  # epochs 23 and 24 done in this process: 5 epochs left
+    done_here = trainer.global_step - callback.first_step
+    callback.start -= done_here / steps * 100  # 100 s an epoch in this process
     callback.on_validation_end(trainer, None)
     line = capsys.readouterr().out
-    assert "elapsed 1:03:40" in line and "remaining ~0:10:00" in line
-    trainer.max_epochs = 200  # now the Timer ends the run first: 7200 - 3820 s
+    assert "elapsed 1:03:40" in line and "remaining ~0:08:20" in line
+    trainer.estimated_stepping_batches = 200 * steps  # now the Timer ends the run first: 7200 - 3820 s
     callback.on_validation_end(trainer, None)
     assert "remaining ~0:56:20" in capsys.readouterr().out
 
