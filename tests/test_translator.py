@@ -67,6 +67,7 @@ def test_inference_model_merges_projections_without_changing_outputs(seed_run):
 
     checkpoint = load_checkpoint(seed_run[0], "cpu")
     merged = inference_model(checkpoint.model)
+    assert isinstance(checkpoint.model.lm_head, torch.nn.Linear)  # the checkpoint's model is left alone
     assert merged.decoder_layers[0].self_attn.w_qkv.out_features == 3 * checkpoint.config.d_model
     assert merged.decoder_layers[0].cross_attn.w_kv.out_features == 2 * checkpoint.config.d_model
     assert checkpoint.model.decoder_layers[0].self_attn.w_qkv is None  # the checkpoint's model is left alone
@@ -103,3 +104,32 @@ def test_bf16_translator_keeps_what_the_model_learnt(seed_run):
     assert next(translator.checkpoint.model.parameters()).dtype == torch.float32  # the checkpoint's stays fp32
     assert translator.translate([p[0] for p in pairs]) == [p[1] for p in pairs]
     assert translator.with_beam(3).translate([SEED[0]]) == [SEED[1]]
+
+
+def test_packed_linear_layers_give_the_linear_results():
+    from pipeline.translator import PackedLinear, mkl_packing_works
+
+    if not mkl_packing_works():
+        pytest.skip("this torch build has no MKL packed linear kernel (not an x86 CPU build)")
+    generator = torch.Generator().manual_seed(0)
+    for n_in, n_out, bias in ((256, 768, True), (1024, 256, True), (256, 8000, False), (7, 5, True)):
+        linear = torch.nn.Linear(n_in, n_out, bias=bias)
+        packed = PackedLinear(linear)
+        assert packed.weight is linear.weight  # shared: no second copy of the fp32 weights
+        for shape in ((1, n_in), (64, n_in), (4, 64, n_in), (3, 1, n_in), (0, n_in)):
+            x = torch.randn(*shape, generator=generator)
+            with torch.inference_mode():
+                torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_cpu_inference_packs_every_linear_layer(seed_run):
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.translator import PackedLinear, inference_model, mkl_packing_works
+
+    if not mkl_packing_works():
+        pytest.skip("this torch build has no MKL packed linear kernel (not an x86 CPU build)")
+    model = load_checkpoint(seed_run[0], "cpu").model
+    layers = [m for m in inference_model(model).modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
+    assert layers and all(isinstance(m, PackedLinear) for m in layers)
+    bf16 = inference_model(model, "bf16")  # packing is fp32-only: lower precisions keep their own layers
+    assert not any(isinstance(m, PackedLinear) for m in bf16.modules())
