@@ -2,7 +2,8 @@
 # layers (pipeline.translator.PackedLinear) against torch's F.linear, first each product alone at
 # a decoding step's shapes, then whole decodes of the bench's 4 batches of 64 validation
 # sentences (30 new tokens, EOS forbidden, random weights), greedy and beam 4, the two models
-# interleaved run by run (12 runs each after a warm-up). Run from the repository root:
+# interleaved run by run (12 runs each after a warm-up); and the memory a packed model takes.
+# Run from the repository root:
 #   .venv/bin/python bench/results/2026-11-27-packed-linear.py > out.json
 # (it caches the tokenized batches in /tmp/exp/srcs.pt on the first run, as decode-steps.py does).
 import json, os, subprocess, sys, time
@@ -28,6 +29,25 @@ def per_call_us(fn, calls=300):
     return sorted(runs)[2]
 
 
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# Memory first, in a fresh process: the resident growth of a prepared copy of the bench's model
+# without packing, then of one with it.
+settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
+torch.manual_seed(0)
+model = Transformer(our_config(settings)).eval()
+pack, translator.pack_linear_layers = translator.pack_linear_layers, lambda m: m
+before = rss_mb()
+unpacked_copy = translator.inference_model(model)
+after_unpacked = rss_mb()
+translator.pack_linear_layers = pack
+packed_copy = translator.inference_model(model)
+memory = {"weights_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
+          "unpacked_copy_mb": round(after_unpacked - before, 1), "packed_copy_mb": round(rss_mb() - after_unpacked, 1)}
+del unpacked_copy, packed_copy
+
 products = []
 with torch.inference_mode():
     for rows, n_in, n_out in ((64, 256, 768), (64, 256, 256), (64, 256, 1024), (64, 1024, 256), (64, 256, 8000),
@@ -39,12 +59,9 @@ with torch.inference_mode():
 
 os.makedirs("/tmp/exp", exist_ok=True)
 cached = "/tmp/exp/srcs.pt"
-settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
 if not os.path.exists(cached):
     torch.save(decode_batches(load_data(settings), settings), cached)
 srcs = torch.load(cached)
-torch.manual_seed(0)
-model = Transformer(our_config(settings)).eval()
 models = {"packed": FixedLength(translator.inference_model(model))}
 pack, translator.pack_linear_layers = translator.pack_linear_layers, lambda m: m
 models["linear"] = FixedLength(translator.inference_model(model))
@@ -75,4 +92,4 @@ print(json.dumps({
     "cpu": f"{open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, "
            f"{torch.get_num_threads()} threads, torch {torch.__version__}",
     "loadavg_1min_at_start": os.getloadavg()[0],
-    "products": products, "decoding_sentences_per_s": decoding}, indent=1))
+    "memory": memory, "products": products, "decoding_sentences_per_s": decoding}, indent=1))
