@@ -36,8 +36,9 @@ class PackedLinear(nn.Module):
     """An fp32 Linear layer for CPU inference whose weight is kept in MKL's packed GEMM layout.
 
     torch's CPU matrix product (MKL sgemm) re-packs the weight on every call; packed once, a
-    decoding step's products take 10-25% less time at 64-256 rows (the LM head 983 -> 745 us at
-    64 x 256 x 8000 on this project's CPU machine; bench/results/2026-11-27-packed-linear.json).
+    greedy step's products at 64 rows take 11-20% less time (the LM head 937 -> 765 us at
+    64 x 256 x 8000 on this project's CPU machine), beam 4's at 256 rows 3-9% less, for a packed
+    copy of each weight beside it (bench/results/2026-11-27-packed-linear.json).
     This is the kernel torch.compile's CPU freezing pass emits for fp32 linear layers
     (`torch.ops.mkl._mkl_linear`), called directly. Same weights, same results up to summation
     order. Inference only: the product has no autograd (`inference_model` builds it in eval mode
