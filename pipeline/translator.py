@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.batching import pad
@@ -38,7 +39,8 @@ class PackedLinear(nn.Module):
     torch's CPU matrix product (MKL sgemm) re-packs the weight on every call; packed once, a
     greedy step's products at 64 rows take 11-20% less time (the LM head 937 -> 765 us at
     64 x 256 x 8000 on this project's CPU machine), beam 4's at 256 rows 3-9% less, for a packed
-    copy of each weight beside it (bench/results/2026-11-27-packed-linear.json).
+    copy of each weight beside it (bench/results/2026-11-27-packed-linear.json). Larger products
+    (over MAX_ROWS rows) run torch's own.
     This is the kernel torch.compile's CPU freezing pass emits for fp32 linear layers
     (`torch.ops.mkl._mkl_linear`), called directly. Same weights, same results up to summation
     order. Inference only: the product has no autograd (`inference_model` builds it in eval mode
@@ -51,12 +53,19 @@ class PackedLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias  # (out, in), (out,) or None: shared, not copied
         self.packed = torch.ops.mkl._mkl_reorder_linear_weight(linear.weight.detach(), 64)
 
+    # Above this many rows torch's own product is as fast or faster (at 512-2,048 rows the packed
+    # one took 0-20% longer: the encoder, and beam search over large batches).
+    MAX_ROWS = 256
+
     def forward(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., out)"""
+        rows = x.numel() // x.size(-1) if x.size(-1) else 0
+        if rows > self.MAX_ROWS:
+            return F.linear(x, self.weight, self.bias)
         # The last argument is the row count the kernel was packed for; MKL's packed layout of
         # the weight does not depend on it (checked once per process: `mkl_packing_works`), so
         # passing each call's own row count takes the packed path at every batch size.
-        return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, x.numel() // x.size(-1))
+        return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, rows)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for MKL"

@@ -116,7 +116,7 @@ def test_packed_linear_layers_give_the_linear_results():
         linear = torch.nn.Linear(n_in, n_out, bias=bias)
         packed = PackedLinear(linear)
         assert packed.weight is linear.weight  # shared: no second copy of the fp32 weights
-        for shape in ((1, n_in), (64, n_in), (4, 64, n_in), (3, 1, n_in), (0, n_in)):
+        for shape in ((1, n_in), (64, n_in), (4, 64, n_in), (3, 1, n_in), (0, n_in), (300, n_in), (2, 200, n_in)):
             x = torch.randn(*shape, generator=generator)
             with torch.inference_mode():
                 torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
@@ -133,3 +133,21 @@ def test_fp32_cpu_inference_packs_every_linear_layer(seed_run):
     assert layers and all(isinstance(m, PackedLinear) for m in layers)
     bf16 = inference_model(model, "bf16")  # packing is fp32-only: lower precisions keep their own layers
     assert not any(isinstance(m, PackedLinear) for m in bf16.modules())
+
+
+def test_packed_linear_runs_the_packed_kernel_up_to_its_row_limit():
+    from torch.profiler import profile
+
+    from pipeline.translator import PackedLinear, mkl_packing_works
+
+    if not mkl_packing_works():
+        pytest.skip("this torch build has no MKL packed linear kernel (not an x86 CPU build)")
+    packed = PackedLinear(torch.nn.Linear(32, 48))
+
+    def kernels(rows):
+        with profile() as prof, torch.inference_mode():
+            packed(torch.randn(rows, 32))
+        return {event.name for event in prof.events()}
+
+    assert "mkl::_mkl_linear" in kernels(PackedLinear.MAX_ROWS)
+    assert "mkl::_mkl_linear" not in kernels(PackedLinear.MAX_ROWS + 1)  # torch's own product above it
