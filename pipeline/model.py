@@ -268,10 +268,14 @@ class Transformer(nn.Module):
             return y
         head = self.lm_head
         # Into the cache's logits buffer where there is one: a plain Linear head (not the int8
-        # one of quantized inference), no autograd (out= has none).
-        if isinstance(cache, DecoderCache) and isinstance(head, nn.Linear) and not torch.is_grad_enabled():
+        # one of quantized inference), no autograd (out= has none); a head with `forward_into`
+        # (translator.PackedLinear) decides itself whether the buffer or its own kernel is faster.
+        into = getattr(head, "forward_into", None)
+        if isinstance(cache, DecoderCache) and (into or isinstance(head, nn.Linear)) and not torch.is_grad_enabled():
             out = cache.logits_out((*y.shape[:-1], self.cfg.vocab_size), y)
             if out is not None:
+                if into is not None:
+                    return into(y, out)
                 torch.matmul(y, head.weight.t(), out=out)
                 return out if head.bias is None else out.add_(head.bias)
         return head(y)

@@ -67,6 +67,17 @@ class PackedLinear(nn.Module):
         # passing each call's own row count takes the packed path at every batch size.
         return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, rows)
 
+    def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
+        """forward(x), written into `out` (x's shape with out_features last) where torch's own
+        product runs; the packed kernel allocates its result. For the LM head, whose logits
+        Transformer.decode writes into one reused buffer: a fresh (rows × vocabulary) tensor a
+        step costs page faults (model.DecoderCache), which the packed kernel repays at a few
+        rows but not above MAX_ROWS. Returns the tensor holding the result."""
+        if x.numel() // max(x.size(-1), 1) <= self.MAX_ROWS:
+            return self(x)
+        torch.matmul(x, self.weight.t(), out=out)
+        return out if self.bias is None else out.add_(self.bias)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for MKL"
 

@@ -151,3 +151,10 @@ def test_packed_linear_runs_the_packed_kernel_up_to_its_row_limit():
 
     assert "mkl::_mkl_linear" in kernels(PackedLinear.MAX_ROWS)
     assert "mkl::_mkl_linear" not in kernels(PackedLinear.MAX_ROWS + 1)  # torch's own product above it
+    # As an LM head: into the decoding run's logits buffer above the limit, its own kernel below.
+    for rows in (3, PackedLinear.MAX_ROWS + 5):
+        x, out = torch.randn(rows, 1, 32), torch.full((rows, 1, 48), float("nan"))
+        with torch.inference_mode():
+            result = packed.forward_into(x, out)
+            torch.testing.assert_close(result, torch.nn.functional.linear(x, packed.weight, packed.bias))
+        assert (result.data_ptr() == out.data_ptr()) == (rows > PackedLinear.MAX_ROWS)
