@@ -43,9 +43,12 @@ class PackedLinear(nn.Module):
     (over MAX_ROWS rows) run torch's own.
     This is the kernel torch.compile's CPU freezing pass emits for fp32 linear layers
     (`torch.ops.mkl._mkl_linear`), called directly. Same weights, same results up to summation
-    order. Inference only: the product has no autograd (`inference_model` builds it in eval mode
-    with no gradients).
+    order. The packed kernel has no autograd: with gradients wanted, torch's product runs.
     """
+
+    # Above this many rows torch's own product is as fast or faster (at 512-2,048 rows the packed
+    # one took 0-20% longer: the encoder, and beam search over large batches).
+    MAX_ROWS = 256
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -53,14 +56,17 @@ class PackedLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias  # (out, in), (out,) or None: shared, not copied
         self.packed = torch.ops.mkl._mkl_reorder_linear_weight(linear.weight.detach(), 64)
 
-    # Above this many rows torch's own product is as fast or faster (at 512-2,048 rows the packed
-    # one took 0-20% longer: the encoder, and beam search over large batches).
-    MAX_ROWS = 256
+    def rows_if_packed(self, x: Tensor) -> int | None:
+        """The row count the packed kernel runs x with, or None where torch's product runs."""
+        rows = x.numel() // x.size(-1) if x.size(-1) else 0
+        if rows > self.MAX_ROWS or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return None
+        return rows
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., out)"""
-        rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        if rows > self.MAX_ROWS:
+        rows = self.rows_if_packed(x)
+        if rows is None:
             return F.linear(x, self.weight, self.bias)
         # The last argument is the row count the kernel was packed for; MKL's packed layout of
         # the weight does not depend on it (checked once per process: `mkl_packing_works`), so
@@ -73,7 +79,7 @@ class PackedLinear(nn.Module):
         Transformer.decode writes into one reused buffer: a fresh (rows × vocabulary) tensor a
         step costs page faults (model.DecoderCache), which the packed kernel repays at a few
         rows but not above MAX_ROWS. Returns the tensor holding the result."""
-        if x.numel() // max(x.size(-1), 1) <= self.MAX_ROWS:
+        if self.rows_if_packed(x) is not None:
             return self(x)
         torch.matmul(x, self.weight.t(), out=out)
         return out if self.bias is None else out.add_(self.bias)
@@ -85,17 +91,18 @@ class PackedLinear(nn.Module):
 @functools.cache
 def mkl_packing_works() -> bool:
     """Whether this torch has MKL's packed linear kernel and it gives F.linear's results for row
-    counts other than the one it was packed for (1 to 300 rows, a few shapes)."""
+    counts other than the one it was packed for (1 to 200 rows, a few shapes)."""
     if not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")):
         return False
     generator = torch.Generator().manual_seed(0)
     try:
         with torch.inference_mode():
-            for rows, n_in, n_out in ((1, 48, 40), (3, 64, 200), (64, 64, 64), (100, 96, 24), (300, 32, 130)):
+            for rows, n_in, n_out in ((1, 48, 40), (3, 64, 200), (64, 64, 64), (100, 96, 24), (200, 32, 130)):
                 linear = nn.Linear(n_in, n_out)
                 x = torch.randn(rows, n_in, generator=generator)
                 expected = linear(x)
-                if not torch.allclose(PackedLinear(linear)(x), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max())):
+                tolerance = 1e-5 * float(expected.abs().max())
+                if not torch.allclose(PackedLinear(linear)(x), expected, rtol=1e-4, atol=tolerance):
                     return False
     except RuntimeError:  # a build without the kernel behind the op
         return False

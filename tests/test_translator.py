@@ -151,6 +151,9 @@ def test_packed_linear_runs_the_packed_kernel_up_to_its_row_limit():
 
     assert "mkl::_mkl_linear" in kernels(PackedLinear.MAX_ROWS)
     assert "mkl::_mkl_linear" not in kernels(PackedLinear.MAX_ROWS + 1)  # torch's own product above it
+    trained = PackedLinear(torch.nn.Linear(32, 48))  # weights that want gradients: torch's product
+    trained(torch.randn(5, 32)).sum().backward()
+    assert trained.weight.grad is not None
     # As an LM head: into the decoding run's logits buffer above the limit, its own kernel below.
     for rows in (3, PackedLinear.MAX_ROWS + 5):
         x, out = torch.randn(rows, 1, 32), torch.full((rows, 1, 48), float("nan"))
