@@ -57,9 +57,12 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkl._mkl_reorder_linear_weight(linear.weight.detach(), 64)
 
     def rows_if_packed(self, x: Tensor) -> int | None:
-        """The row count the packed kernel runs x with, or None where torch's product runs."""
+        """The row count the packed kernel runs x with, or None where torch's product runs:
+        above MAX_ROWS, with gradients wanted, or for an input that is not fp32 (under autocast
+        torch's product casts; the packed kernel would refuse it)."""
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        if rows > self.MAX_ROWS or (torch.is_grad_enabled() and self.weight.requires_grad):
+        if (rows > self.MAX_ROWS or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or (torch.is_grad_enabled() and self.weight.requires_grad)):
             return None
         return rows
 

@@ -154,6 +154,9 @@ def test_packed_linear_runs_the_packed_kernel_up_to_its_row_limit():
     trained = PackedLinear(torch.nn.Linear(32, 48))  # weights that want gradients: torch's product
     trained(torch.randn(5, 32)).sum().backward()
     assert trained.weight.grad is not None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: torch's, in bf16
+        assert packed(torch.randn(5, 32)).dtype == torch.bfloat16
+        assert packed(torch.randn(5, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
     # As an LM head: into the decoding run's logits buffer above the limit, its own kernel below.
     for rows in (3, PackedLinear.MAX_ROWS + 5):
         x, out = torch.randn(rows, 1, 32), torch.full((rows, 1, 48), float("nan"))
