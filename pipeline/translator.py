@@ -39,11 +39,13 @@ class PackedLinear(nn.Module):
     torch's CPU matrix product (MKL sgemm) re-packs the weight on every call; packed once, a
     greedy step's products at 64 rows take 11-20% less time (the LM head 937 -> 765 us at
     64 x 256 x 8000 on this project's CPU machine), beam 4's at 256 rows 3-9% less, for a packed
-    copy of each weight beside it (bench/results/2026-11-27-packed-linear.json). Larger products
-    (over MAX_ROWS rows) run torch's own.
+    copy of each weight beside it (bench/results/2026-11-27-packed-linear.json).
     This is the kernel torch.compile's CPU freezing pass emits for fp32 linear layers
     (`torch.ops.mkl._mkl_linear`), called directly. Same weights, same results up to summation
-    order. The packed kernel has no autograd: with gradients wanted, torch's product runs.
+    order. torch's own product runs instead (`rows_if_packed`) above MAX_ROWS rows, wherever
+    gradients are wanted (the packed kernel has none), for inputs that are not fp32 CPU tensors
+    of the layer's width, under autocast, and once the weight has changed in place since it was
+    packed (the packed copy would be stale).
     """
 
     # Above this many rows torch's own product is as fast or faster (at 512-2,048 rows the packed
@@ -54,15 +56,22 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # (out, in), (out,) or None: shared, not copied
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(linear.weight.detach(), 64)
+        self._pack()
+
+    def _pack(self) -> None:
+        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), 64)
+        # In-place changes of the weight bump its version (tensors made under inference_mode
+        # keep none: for those, keeping the packed copy current is the caller's job).
+        self.packed_version = None if self.weight.is_inference() else self.weight._version
 
     def rows_if_packed(self, x: Tensor) -> int | None:
-        """The row count the packed kernel runs x with, or None where torch's product runs:
-        above MAX_ROWS, with gradients wanted, or for an input that is not fp32 (under autocast
-        torch's product casts; the packed kernel would refuse it)."""
+        """The row count the packed kernel runs x with, or None where torch's product runs."""
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        if (rows > self.MAX_ROWS or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-                or (torch.is_grad_enabled() and self.weight.requires_grad)):
+        if (rows > self.MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu or x.size(-1) != self.in_features
+                or (self.packed_version is not None and self.weight._version != self.packed_version)
+                or torch.is_autocast_enabled("cpu")
+                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                                 or (self.bias is not None and self.bias.requires_grad)))):
             return None
         return rows
 
@@ -87,6 +96,17 @@ class PackedLinear(nn.Module):
         torch.matmul(x, self.weight.t(), out=out)
         return out if self.bias is None else out.add_(self.bias)
 
+    # The packed weight is an opaque oneDNN tensor that can be neither copied nor pickled (and
+    # MKL's packed buffers must not move): copies and pickles carry the weight and pack again.
+    def __getstate__(self) -> dict:
+        state = super().__getstate__().copy()
+        state.pop("packed", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._pack()
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for MKL"
 
@@ -94,15 +114,17 @@ class PackedLinear(nn.Module):
 @functools.cache
 def mkl_packing_works() -> bool:
     """Whether this torch has MKL's packed linear kernel and it gives F.linear's results for row
-    counts other than the one it was packed for (1 to 200 rows, a few shapes)."""
+    counts other than the one it was packed for (1 to MAX_ROWS rows, a few shapes). Leaves the
+    global random state as it was."""
     if not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")):
         return False
-    generator = torch.Generator().manual_seed(0)
     try:
-        with torch.inference_mode():
-            for rows, n_in, n_out in ((1, 48, 40), (3, 64, 200), (64, 64, 64), (100, 96, 24), (200, 32, 130)):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            for rows, n_in, n_out in ((1, 48, 40), (3, 64, 200), (64, 64, 64), (65, 512, 96), (100, 96, 24),
+                                      (PackedLinear.MAX_ROWS - 1, 256, 130), (PackedLinear.MAX_ROWS, 32, 768)):
                 linear = nn.Linear(n_in, n_out)
-                x = torch.randn(rows, n_in, generator=generator)
+                x = torch.randn(rows, n_in)
                 expected = linear(x)
                 tolerance = 1e-5 * float(expected.abs().max())
                 if not torch.allclose(PackedLinear(linear)(x), expected, rtol=1e-4, atol=tolerance):
@@ -113,8 +135,8 @@ def mkl_packing_works() -> bool:
 
 
 def pack_linear_layers(model: nn.Module) -> nn.Module:
-    """Every nn.Linear of `model` (in eval mode, fp32, on the CPU) as a PackedLinear, in place,
-    where this torch's MKL supports it (`mkl_packing_works`); otherwise `model` as it is."""
+    """Every fp32 CPU nn.Linear of `model` as a PackedLinear, in place, where this torch's MKL
+    supports it (`mkl_packing_works`); otherwise `model` as it is."""
     if not mkl_packing_works():
         return model
     for module in list(model.modules()):
@@ -126,8 +148,8 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
 
 def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     """A copy of `model` prepared for decoding: eval mode and each attention's projections
-    merged into one product; then, in fp32 on the CPU, the linear layers' weights packed for MKL
-    (PackedLinear), with quantize="int8", every linear layer (the LM head
+    merged into one product; then either, in fp32 on the CPU, the linear layers' weights packed
+    for MKL (PackedLinear), or with quantize="int8", every linear layer (the LM head
     included) dynamically quantized (int8 weights per output channel; activations quantized on
     the fly with one scale per tensor, so a sentence's translation can depend on the other
     sentences of its batch; CPU only: torch's fbgemm/oneDNN kernels), or with quantize="bf16",

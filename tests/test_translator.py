@@ -106,11 +106,31 @@ def test_bf16_translator_keeps_what_the_model_learnt(seed_run):
     assert translator.with_beam(3).translate([SEED[0]]) == [SEED[1]]
 
 
-def test_packed_linear_layers_give_the_linear_results():
-    from pipeline.translator import PackedLinear, mkl_packing_works
+def require_mkl_packing():
+    """Skip where torch has no MKL (not an x86 build); where it has, the packing self-check must
+    pass (a check broken on this machine would otherwise switch packing off unseen)."""
+    from pipeline.translator import mkl_packing_works
 
-    if not mkl_packing_works():
-        pytest.skip("this torch build has no MKL packed linear kernel (not an x86 CPU build)")
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch build has no MKL (not an x86 CPU build): nothing to pack for")
+    assert mkl_packing_works()
+
+
+PRODUCTS = {"aten::linear", "aten::addmm", "aten::mm", "aten::matmul"}  # torch's own product
+
+
+def ops_run(layer, x) -> set[str]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        layer(x)
+    return {event.name for event in prof.events()}
+
+
+def test_packed_linear_layers_give_the_linear_results():
+    from pipeline.translator import PackedLinear
+
+    require_mkl_packing()
     generator = torch.Generator().manual_seed(0)
     for n_in, n_out, bias in ((256, 768, True), (1024, 256, True), (256, 8000, False), (7, 5, True)):
         linear = torch.nn.Linear(n_in, n_out, bias=bias)
@@ -124,10 +144,9 @@ def test_packed_linear_layers_give_the_linear_results():
 
 def test_fp32_cpu_inference_packs_every_linear_layer(seed_run):
     from pipeline.checkpoints import load_checkpoint
-    from pipeline.translator import PackedLinear, inference_model, mkl_packing_works
+    from pipeline.translator import PackedLinear, inference_model
 
-    if not mkl_packing_works():
-        pytest.skip("this torch build has no MKL packed linear kernel (not an x86 CPU build)")
+    require_mkl_packing()
     model = load_checkpoint(seed_run[0], "cpu").model
     layers = [m for m in inference_model(model).modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
     assert layers and all(isinstance(m, PackedLinear) for m in layers)
@@ -135,32 +154,63 @@ def test_fp32_cpu_inference_packs_every_linear_layer(seed_run):
     assert not any(isinstance(m, PackedLinear) for m in bf16.modules())
 
 
-def test_packed_linear_runs_the_packed_kernel_up_to_its_row_limit():
-    from torch.profiler import profile
+def test_packed_linear_runs_the_packed_kernel_only_where_it_is_right():
+    from pipeline.translator import PackedLinear
 
-    from pipeline.translator import PackedLinear, mkl_packing_works
+    require_mkl_packing()
+    linear = torch.nn.Linear(32, 48)
+    packed = PackedLinear(linear)
+    with torch.inference_mode():
+        ran = ops_run(packed, torch.randn(PackedLinear.MAX_ROWS, 32))
+        assert "mkl::_mkl_linear" in ran and not ran & PRODUCTS  # the packed kernel, not its fallback inside
+        assert ops_run(packed, torch.randn(PackedLinear.MAX_ROWS + 1, 32)) & PRODUCTS  # torch's above the limit
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: torch's product, in bf16
+            assert packed(torch.randn(5, 32)).dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):  # a wrong width fails as F.linear does
+        packed(torch.randn(5, 40))
+    # Gradients, for the weights or for the input only: torch's product, so they flow.
+    packed(torch.randn(5, 32)).sum().backward()
+    assert linear.weight.grad is not None
+    frozen, x = PackedLinear(torch.nn.Linear(32, 48).requires_grad_(False)), torch.randn(5, 32, requires_grad=True)
+    frozen(x).sum().backward()
+    assert x.grad is not None
+    # A weight changed in place after packing: the stale packed copy is not used.
+    with torch.no_grad():
+        linear.weight.mul_(-2.0)
+    x = torch.randn(5, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), linear(x))
 
-    if not mkl_packing_works():
-        pytest.skip("this torch build has no MKL packed linear kernel (not an x86 CPU build)")
-    packed = PackedLinear(torch.nn.Linear(32, 48))
 
-    def kernels(rows):
-        with profile() as prof, torch.inference_mode():
-            packed(torch.randn(rows, 32))
-        return {event.name for event in prof.events()}
+def test_packed_linear_survives_copies_and_pickles():
+    import copy
+    import pickle
 
-    assert "mkl::_mkl_linear" in kernels(PackedLinear.MAX_ROWS)
-    assert "mkl::_mkl_linear" not in kernels(PackedLinear.MAX_ROWS + 1)  # torch's own product above it
-    trained = PackedLinear(torch.nn.Linear(32, 48))  # weights that want gradients: torch's product
-    trained(torch.randn(5, 32)).sum().backward()
-    assert trained.weight.grad is not None
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: torch's, in bf16
-        assert packed(torch.randn(5, 32)).dtype == torch.bfloat16
-        assert packed(torch.randn(5, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
-    # As an LM head: into the decoding run's logits buffer above the limit, its own kernel below.
-    for rows in (3, PackedLinear.MAX_ROWS + 5):
-        x, out = torch.randn(rows, 1, 32), torch.full((rows, 1, 48), float("nan"))
+    from pipeline.translator import PackedLinear
+
+    require_mkl_packing()
+    linear = torch.nn.Linear(32, 48)
+    x = torch.randn(7, 32)
+    for clone in (copy.deepcopy(PackedLinear(linear)), pickle.loads(pickle.dumps(PackedLinear(linear)))):
         with torch.inference_mode():
-            result = packed.forward_into(x, out)
-            torch.testing.assert_close(result, torch.nn.functional.linear(x, packed.weight, packed.bias))
-        assert (result.data_ptr() == out.data_ptr()) == (rows > PackedLinear.MAX_ROWS)
+            assert "mkl::_mkl_linear" in ops_run(clone, x)  # packed again
+            torch.testing.assert_close(clone(x), linear(x))
+
+
+def test_a_packed_lm_head_writes_large_steps_into_the_reused_logits_buffer():
+    from helpers import make_model
+    from pipeline.translator import PackedLinear, inference_model
+
+    require_mkl_packing()
+    model = inference_model(make_model())
+    assert isinstance(model.lm_head, PackedLinear)
+    for sentences in (3, PackedLinear.MAX_ROWS + 4):
+        src = torch.randint(4, model.cfg.vocab_size, (sentences, 5))
+        with torch.inference_mode():
+            memory, src_mask = model.encode(src)
+            cache = model.new_cache(reuse_logits=True)
+            logits = model.decode(torch.full((sentences, 1), 2), memory, src_mask, cache)
+            uncached = model.decode(torch.full((sentences, 1), 2), memory, src_mask)
+        torch.testing.assert_close(logits, uncached, rtol=1e-4, atol=1e-4)
+        # Above the limit torch's product writes into the run's buffer; below it, the packed kernel's own result.
+        assert (logits.data_ptr() == cache._logits.data_ptr()) == (sentences > PackedLinear.MAX_ROWS)
