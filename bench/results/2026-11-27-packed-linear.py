@@ -29,6 +29,9 @@ def per_call_us(fn, calls=300):
     return sorted(runs)[2]
 
 
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -91,5 +94,5 @@ print(json.dumps({
     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     "cpu": f"{open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, "
            f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-    "loadavg_1min_at_start": os.getloadavg()[0],
+    "loadavg_1min_at_start": LOAD_AT_START,
     "memory": memory, "products": products, "decoding_sentences_per_s": decoding}, indent=1))
