@@ -44,8 +44,9 @@ class PackedLinear(nn.Module):
     (`torch.ops.mkl._mkl_linear`), called directly. Same weights, same results up to summation
     order. torch's own product runs instead (`rows_if_packed`) above MAX_ROWS rows, wherever
     gradients are wanted (the packed kernel has none), for inputs that are not fp32 CPU tensors
-    of the layer's width, under autocast, and once the weight has changed in place since it was
-    packed (the packed copy would be stale).
+    of the layer's width, and under autocast. The weight is packed at its first packed call, so
+    layers that never run at MAX_ROWS rows or fewer (projections that merged ones replace, an
+    encoder fed long batches) keep no packed copy, and packed again after it changes in place.
     """
 
     # Above this many rows torch's own product is as fast or faster (at 512-2,048 rows the packed
@@ -56,19 +57,23 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # (out, in), (out,) or None: shared, not copied
-        self._pack()
+        self.packed: Tensor | None = None  # MKL's packed copy of the weight, made at the first packed call
+        self.packed_version: int | None = None  # the weight's version when it was packed
 
-    def _pack(self) -> None:
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), 64)
-        # In-place changes of the weight bump its version (tensors made under inference_mode
-        # keep none: for those, keeping the packed copy current is the caller's job).
-        self.packed_version = None if self.weight.is_inference() else self.weight._version
+    def packed_weight(self) -> Tensor:
+        """The packed copy of the weight, (re)made if there is none or the weight changed in place
+        since (in-place changes bump a tensor's version; tensors made under inference_mode keep
+        none: for those, changing the weight after the first call is the caller's to avoid)."""
+        version = None if self.weight.is_inference() else self.weight._version
+        if self.packed is None or version != self.packed_version:
+            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), 64)
+            self.packed_version = version
+        return self.packed
 
     def rows_if_packed(self, x: Tensor) -> int | None:
         """The row count the packed kernel runs x with, or None where torch's product runs."""
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
         if (rows > self.MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu or x.size(-1) != self.in_features
-                or (self.packed_version is not None and self.weight._version != self.packed_version)
                 or torch.is_autocast_enabled("cpu")
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                  or (self.bias is not None and self.bias.requires_grad)))):
@@ -83,7 +88,7 @@ class PackedLinear(nn.Module):
         # The last argument is the row count the kernel was packed for; MKL's packed layout of
         # the weight does not depend on it (checked once per process: `mkl_packing_works`), so
         # passing each call's own row count takes the packed path at every batch size.
-        return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, rows)
+        return torch.ops.mkl._mkl_linear(x, self.packed_weight(), self.weight, self.bias, rows)
 
     def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
         """forward(x), written into `out` (x's shape with out_features last) where torch's own
@@ -99,13 +104,7 @@ class PackedLinear(nn.Module):
     # The packed weight is an opaque oneDNN tensor that can be neither copied nor pickled (and
     # MKL's packed buffers must not move): copies and pickles carry the weight and pack again.
     def __getstate__(self) -> dict:
-        state = super().__getstate__().copy()
-        state.pop("packed", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self._pack()
+        return {**super().__getstate__(), "packed": None, "packed_version": None}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for MKL"

@@ -174,12 +174,32 @@ def test_packed_linear_runs_the_packed_kernel_only_where_it_is_right():
     frozen, x = PackedLinear(torch.nn.Linear(32, 48).requires_grad_(False)), torch.randn(5, 32, requires_grad=True)
     frozen(x).sum().backward()
     assert x.grad is not None
-    # A weight changed in place after packing: the stale packed copy is not used.
+    # A weight changed in place after packing: packed again, not the stale copy.
     with torch.no_grad():
         linear.weight.mul_(-2.0)
     x = torch.randn(5, 32)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), linear(x))
+        assert "mkl::_mkl_linear" in ops_run(packed, x)
+
+
+def test_weights_are_packed_only_where_a_packed_product_runs():
+    from helpers import make_model
+    from pipeline.decoding import DecodingConfig, generate
+    from pipeline.translator import PackedLinear, inference_model
+
+    require_mkl_packing()
+    layer = PackedLinear(torch.nn.Linear(32, 48))
+    with torch.inference_mode():
+        layer(torch.randn(PackedLinear.MAX_ROWS + 1, 32))
+        assert layer.packed is None  # torch's product ran: nothing packed
+        layer(torch.randn(3, 32))
+        assert layer.packed is not None
+    model = inference_model(make_model())
+    generate(model, torch.tensor([[5, 6, 7, 3], [8, 9, 3, 0]]), DecodingConfig(), beam=1)
+    attention = model.decoder_layers[0].self_attn
+    assert attention.w_qkv.packed is not None and model.lm_head.packed is not None
+    assert attention.w_k.packed is None  # replaced by the merged W_Q|W_K|W_V: never packed
 
 
 def test_packed_linear_survives_copies_and_pickles():
@@ -191,7 +211,10 @@ def test_packed_linear_survives_copies_and_pickles():
     require_mkl_packing()
     linear = torch.nn.Linear(32, 48)
     x = torch.randn(7, 32)
-    for clone in (copy.deepcopy(PackedLinear(linear)), pickle.loads(pickle.dumps(PackedLinear(linear)))):
+    packed = PackedLinear(linear)
+    with torch.inference_mode():
+        packed(x)  # packed now: an opaque oneDNN tensor, which neither copies nor pickles
+    for clone in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
         with torch.inference_mode():
             assert "mkl::_mkl_linear" in ops_run(clone, x)  # packed again
             torch.testing.assert_close(clone(x), linear(x))
