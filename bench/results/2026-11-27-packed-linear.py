@@ -36,9 +36,6 @@ def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-# Memory first, in a fresh process: the resident growth of a prepared copy of the bench's model
-# that has decoded one greedy batch, without packing, then with it (weights pack at first use),
-# after a first decode has grown the heap to what decoding needs.
 settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
 os.makedirs("/tmp/exp", exist_ok=True)
 cached = "/tmp/exp/srcs.pt"
@@ -48,20 +45,22 @@ srcs = torch.load(cached)
 config = DecodingConfig(max_len_ratio=0.0, max_len_extra=30)
 torch.manual_seed(0)
 model = Transformer(our_config(settings)).eval()
-translator.mkl_packing_works()  # its own check's small layers, before anything is measured
-pack, translator.pack_linear_layers = translator.pack_linear_layers, lambda m: m
-generate(FixedLength(translator.inference_model(model)), srcs[0], config, beam=1)  # warms the heap up
-before = rss_mb()
-unpacked_copy = FixedLength(translator.inference_model(model))
-generate(unpacked_copy, srcs[0], config, beam=1)
-after_unpacked = rss_mb()
-translator.pack_linear_layers = pack
-packed_copy = FixedLength(translator.inference_model(model))
-generate(packed_copy, srcs[0], config, beam=1)
+
+# Memory: a process of its own per variant (`--memory packed|linear`) prepares the model as
+# Translator does, decodes one greedy batch (weights pack at their first use) and reports its
+# resident memory; the difference is what packing costs.
+if sys.argv[1:2] == ["--memory"]:
+    if sys.argv[2] == "linear":
+        translator.pack_linear_layers = lambda m: m
+    generate(FixedLength(translator.inference_model(model)), srcs[0], config, beam=1)
+    print(rss_mb())
+    sys.exit()
+resident = {variant: float(subprocess.run([sys.executable, __file__, "--memory", variant], capture_output=True,
+                                          text=True, check=True).stdout.split()[-1])
+            for variant in ("linear", "packed")}
 memory = {"weights_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
-          "unpacked_copy_after_a_greedy_batch_mb": round(after_unpacked - before, 1),
-          "packed_copy_after_a_greedy_batch_mb": round(rss_mb() - after_unpacked, 1)}
-del unpacked_copy, packed_copy
+          "process_after_a_greedy_batch_mb": {k: round(v, 1) for k, v in resident.items()},
+          "packing_mb": round(resident["packed"] - resident["linear"], 1)}
 
 products = []
 with torch.inference_mode():
