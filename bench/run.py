@@ -47,7 +47,8 @@ contestants alternate within every repeat so that drifting background load hits 
   greedy_bf16, beam4_bf16 greedy and beam 4 with weights and activations in bfloat16 on both sides
                           (ours: `--quantize bf16`; Marian: the model cast with .to(bfloat16)).
 Our decoding runs the model as `Translator` prepares it (pipeline.translator.inference_model:
-projections merged; int8 linear layers for the int8 row).
+projections merged; on CPUs fp32 weights packed for MKL's GEMM where a product has at most 256
+rows; int8 linear layers for the int8 row).
 Also recorded: padding efficiency (token buckets vs random batches), achieved GFLOP/s of the
 training step (analytic matmul FLOPs) against torch.mm peaks measured in this process, peak
 resident memory per phase and the resident-memory change across repeated epochs.
