@@ -305,6 +305,20 @@ class MeasuredElsewhere:
     seconds: float
 
 
+def per_call_us(fn, calls: int = 300, warmup: int = 20) -> float:
+    """Micro-benchmark: the median over 5 runs of fn's mean time a call (µs), each run `calls`
+    calls after `warmup` untimed ones (CPU; the record scripts under bench/results/ use it)."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls * 1e6)
+    return sorted(runs)[2]
+
+
 def timed(fn) -> float:
     """Seconds fn takes (or, if it returns MeasuredElsewhere, the seconds it reports)."""
     synchronize()

@@ -3,15 +3,10 @@
 # log_softmax into a buffer + the hypotheses' log p + topk over (64, 32,000), against the same with
 # the top-k found through chunk maxima (pipeline.decoding.topk_wide), chunk sizes 64-500; checks the
 # values and indices are equal. From the repository root: .venv/bin/python bench/results/2026-11-27-beam-topk.py
-import torch, time
-def bench(fn, n=50):
-    for _ in range(10): fn()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n): fn()
-        ts.append((time.perf_counter() - t) / n * 1e6)
-    return sorted(ts)[2]
+import os, sys, functools, torch
+sys.path.insert(0, os.getcwd())
+from bench.run import per_call_us
+bench = functools.partial(per_call_us, calls=50, warmup=10)
 torch.manual_seed(0)
 b, k, V = 64, 4, 8000
 logits = torch.randn(b * k, V) * 3; alive = torch.randn(b, k); buf = torch.empty(b * k * V)

@@ -3,11 +3,11 @@
 # scaled_dot_product_attention against plain products at head width 4 and 64 (2 threads). Numbers in
 # bench/results/2026-11-27-beam-topk.json (also_measured). From the repository root:
 #   .venv/bin/python bench/results/2026-11-27-decode-overhead-cprofile.py
-import sys, os, time, torch, cProfile, pstats
+import sys, os, functools, torch, cProfile, pstats
 import torch.nn.functional as F
 sys.path.insert(0, os.getcwd())
 from dataclasses import replace
-from bench.run import Settings, our_config, FixedLength
+from bench.run import Settings, our_config, FixedLength, per_call_us
 from pipeline.decoding import DecodingConfig, generate
 from pipeline.model import Transformer
 from pipeline.translator import inference_model
@@ -23,14 +23,7 @@ pr.disable()
 pstats.Stats(pr).sort_stats("tottime").print_stats(30)
 
 # -- attention at the tiny and the real head width
-def bench(fn, n=500):
-    for _ in range(20): fn()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n): fn()
-        ts.append((time.perf_counter() - t) / n * 1e6)
-    return sorted(ts)[2]
+bench = functools.partial(per_call_us, calls=500, warmup=20)
 for d in (4, 64):
     q = torch.randn(64, 4, 1, d); k = torch.randn(64, 4, 15, d); v = torch.randn(64, 4, 15, d)
     kc = torch.randn(64, 4, 39, d); vc = torch.randn(64, 4, 39, d); m = torch.ones(64, 1, 1, 39, dtype=torch.bool)

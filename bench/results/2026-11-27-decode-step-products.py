@@ -4,15 +4,9 @@
 # 2. a whole step's products back to back (100 calls), with one layer's weights reused or three distinct
 #    layers', and with attention over the step's caches.
 #   .venv/bin/python bench/results/2026-11-27-decode-step-products.py
-import torch, time, torch.nn.functional as F
-def bench(fn, n, warmup):
-    for _ in range(warmup): fn()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n): fn()
-        ts.append((time.perf_counter() - t) / n * 1e6)
-    return sorted(ts)[2]
+import os, sys, torch, torch.nn.functional as F
+sys.path.insert(0, os.getcwd())
+from bench.run import per_call_us as bench  # bench(fn, calls, warmup)
 # -- 1. each linear layer
 tot_a = tot_p = 0
 for M, K, N, count in ((64, 256, 768, 3), (64, 256, 256, 9), (64, 256, 1024, 3), (64, 1024, 256, 3), (64, 256, 8000, 1), (256, 256, 8000, 1), (256, 256, 768, 3), (256,256,1024,3)):

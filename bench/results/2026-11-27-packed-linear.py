@@ -12,21 +12,9 @@ from dataclasses import replace
 import torch
 sys.path.insert(0, os.getcwd())
 import pipeline.translator as translator
-from bench.run import QUICK, FixedLength, Settings, decode_batches, load_data, our_config
+from bench.run import QUICK, FixedLength, Settings, decode_batches, load_data, our_config, per_call_us
 from pipeline.decoding import DecodingConfig, generate
 from pipeline.model import Transformer
-
-
-def per_call_us(fn, calls=300):
-    for _ in range(20):
-        fn()
-    runs = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        runs.append((time.perf_counter() - start) / calls * 1e6)
-    return sorted(runs)[2]
 
 
 LOAD_AT_START = os.getloadavg()[0]
