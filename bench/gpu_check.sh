@@ -13,3 +13,6 @@ echo "Ein Hund rennt durch den Schnee." | timeout 60 python3 -m pipeline transla
 cp $R/smoke/results.json $OUT/smoke-results.json 2>/dev/null
 timeout ${BENCH_S:-240} python3 -m bench.run --device cuda --quick --data $DATA --out $OUT/bench-gpu-quick.json 2>&1 \
     | grep -v Warning | tail -30
+# Where a GPU step's time goes, ours beside MarianMT's (kernel launches counted): train_recipe's puzzle.
+timeout ${PROFILE_S:-150} python3 -m bench.profile --device cuda --marian --data $DATA --out $OUT/profile-gpu.txt 2>&1 \
+    | grep -v Warning | tail -5

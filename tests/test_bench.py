@@ -143,14 +143,16 @@ def test_ours_trains_with_the_fused_loss_of_the_training_module():
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_profile_writes_all_three_tables(tmp_path, multi30k_dir):
-    out = bench_profile.main(["--tiny", "--data", str(multi30k_dir), "--out", str(tmp_path / "profile.txt")])
+def test_profile_writes_all_tables(tmp_path, multi30k_dir):
+    out = bench_profile.main(["--tiny", "--marian", "--data", str(multi30k_dir), "--out", str(tmp_path / "profile.txt")])
     text = out.read_text(encoding="utf-8")
     assert text.startswith("bench.profile: commit ")
     assert "torch " + torch.__version__ in text and "precision " in text
     train, decodes = text.split("== one training step")[1].split("== one beam-4 decode")
+    train, marian = train.split("== MarianMT's training step")
+    assert "MarianMT's training step (same batch and settings): " in text
     beam, greedy = decodes.split("== one greedy decode")
-    for table in (train, beam, greedy):
+    for table in (train, marian, beam, greedy):
         assert "Self CPU" in table
         assert 5 <= sum(line.strip().startswith("aten::") for line in table.splitlines()) <= bench_profile.ROWS
     # A training step, then inference: which backward kernels make a tiny model's top 25 varies from run
