@@ -5,7 +5,10 @@
 # smoothing, clipping, bf16-mixed autocast where the recipe's probe picks it) on the bench's model
 # sizes, 24 token-bucket batches of the recipe's max_tokens from the shuffled training split (as
 # `fit` draws them: shapes change every batch); a first pass (which compiles), then 3 timed passes.
-#   .venv/bin/python bench/results/2026-11-27-train-compile.py eager|compile
+#   .venv/bin/python bench/results/2026-11-27-train-compile.py eager|compile [cuda]
+# With `cuda` (a lent GPU: bench/gpu_check.sh's environment) the model and batches are on the GPU,
+# the recipe's precision is what the probe rule picks there (bf16-mixed) and each pass ends with a
+# synchronize; those results are in bench/results/2026-11-27-train-compile-gpu.json.
 import functools, json, os, sys, time
 from dataclasses import replace
 import torch
@@ -15,15 +18,16 @@ from pipeline.batching import collate
 from pipeline.model import Transformer
 
 variant = sys.argv[1]
-settings = Settings()
+device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+settings = Settings(device=device, data=os.environ.get("DATA", Settings.data))
 dm = load_data(settings)
 sampler = dm.sampler("train", 2500, shuffle=True)
 sampler.set_epoch(0)
-batches = [collate([dm.splits["train"][i] for i in b]) for b in list(iter(sampler))[:24]]
+batches = [collate([dm.splits["train"][i] for i in b]).to(device) for b in list(iter(sampler))[:24]]
 recipe = recipe_settings(settings)
 bf16 = "bf16" in recipe["precision"]
 torch.manual_seed(0)
-model = Transformer(replace(our_config(settings), **recipe["model"])).train()
+model = Transformer(replace(our_config(settings), **recipe["model"])).to(device).train()
 if variant == "compile":
     model.compile()
 side = Side(variant, model, functools.partial(ours_loss, rdrop_alpha=recipe["rdrop_alpha"]), 1e-4,
@@ -34,8 +38,11 @@ for _ in range(4):
     start = time.perf_counter()
     for b in batches:
         side.train_step(b, bf16, recipe["label_smoothing"])
+    if device == "cuda":
+        torch.cuda.synchronize()
     passes.append(time.perf_counter() - start)
-result = {"variant": variant, "precision": recipe["precision"], "batches": len(batches),
+result = {"variant": variant, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+          "torch": torch.__version__, "precision": recipe["precision"], "batches": len(batches),
           "shapes": len({(tuple(b.src.shape), tuple(b.tgt_in.shape)) for b in batches}),
           "real_tokens_per_pass": tokens, "first_pass_s": round(passes[0], 1),
           "timed_passes_s": [round(p, 2) for p in passes[1:]],
