@@ -39,6 +39,12 @@ class Packing:
         self.batch, self.length = real.shape
         self.index = real.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the tokens
 
+    @classmethod
+    def if_worthwhile(cls, real: Tensor) -> Packing | None:
+        """A Packing of `real` (B, S) where a tenth or more of it is padding, else None: below
+        that, packing and unpacking cost more than the skipped rows save."""
+        return cls(real) if 10 * int(real.sum()) <= 9 * real.numel() else None
+
     def pack(self, x: Tensor) -> Tensor:
         """(B, S, f) -> (N, f)"""
         return x.reshape(-1, x.size(-1)).index_select(0, self.index)
@@ -179,13 +185,17 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.n_heads, self.d_k).transpose(1, 2)
 
-    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T, d_model) -> keys and values, each (B, h, T, d_k), in one matrix product."""
+    def project_kv(self, x: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """(B, T, d_model), or (N, d_model) real rows with `packing` -> keys and values, each
+        (B, h, T, d_k), in one matrix product (zero at padding with `packing`)."""
         if self.w_kv is not None and not self.training:
-            k, v = self.w_kv(x).chunk(2, dim=-1)
+            kv = self.w_kv(x)
         else:
             w = torch.cat([self.w_k.weight, self.w_v.weight])
-            k, v = F.linear(x, w, torch.cat([self.w_k.bias, self.w_v.bias])).chunk(2, dim=-1)
+            kv = F.linear(x, w, torch.cat([self.w_k.bias, self.w_v.bias]))
+        if packing is not None:
+            kv = packing.unpack(kv)
+        k, v = kv.chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def project_qkv(self, x: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor, Tensor]:

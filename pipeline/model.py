@@ -235,7 +235,7 @@ class Transformer(nn.Module):
         src_mask = padding_mask(src, PAD)
         x = self.src_embed(src)
         real = src != PAD
-        packing = Packing(real) if 10 * int(real.sum()) <= 9 * real.numel() else None
+        packing = Packing.if_worthwhile(real)
         if packing is not None:
             x = packing.pack(x)
         for layer in self.encoder_layers:
@@ -256,6 +256,8 @@ class Transformer(nn.Module):
         see every cached key, so it needs no mask either. memory and src_mask may have one row
         per sentence for k hypotheses each (beam search; see MultiHeadAttention).
         """
+        if cache and cache[0][1].k is None:
+            self.fill_cross_caches(memory, src_mask, cache)
         offset = len(cache[0][0]) if cache else 0
         T = tgt.size(1)
         causal = cache is None
@@ -279,6 +281,16 @@ class Transformer(nn.Module):
                 torch.matmul(y, head.weight.t(), out=out)
                 return out if head.bias is None else out.add_(head.bias)
         return head(y)
+
+    def fill_cross_caches(self, memory: Tensor, src_mask: Tensor, cache: list[tuple[KVCache, KVCache]]) -> None:
+        """Every decoder layer's cross-attention keys and values, projected once per decoding run
+        from the real source positions only (attention.Packing, as the encoder does): with
+        unsorted sentences a decoding batch's memory is often more than half padding.
+        memory: (B, S, d_model), src_mask: (B, 1, 1, S)."""
+        packing = Packing.if_worthwhile(src_mask[:, 0, 0, :])
+        rows = memory if packing is None else packing.pack(memory)  # (B, S, d) or (N, d)
+        for layer, (_, cross_cache) in zip(self.decoder_layers, cache):
+            cross_cache.append(*layer.cross_attn.project_kv(rows, packing))
 
     def merge_projections(self) -> "Transformer":
         """For inference only: eval mode, and each attention's projections merged into one

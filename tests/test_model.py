@@ -146,6 +146,34 @@ def test_packed_encoder_gradients_equal_each_sentence_alone(variant):
         torch.testing.assert_close(batched[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_cross_attention_keys_come_from_the_real_source_positions_only():
+    """fill_cross_caches projects every layer's keys and values from the memory's real rows
+    (attention.Packing): the same values as projecting the padded memory at real positions,
+    zero at padding (where the padded projection would give the bias), and one fill per run."""
+    model = make_model().eval()
+    with torch.no_grad():
+        for layer in model.decoder_layers:
+            layer.cross_attn.w_k.bias.normal_()
+            layer.cross_attn.w_v.bias.normal_()
+    src = random_ids(3, 8)
+    src[0, 3:] = PAD
+    src[2, 5:] = PAD  # a third is padding: the fill packs
+    real = src != PAD
+    with torch.no_grad():
+        memory, src_mask = model.encode(src)
+        cache = model.new_cache()
+        model.decode(torch.full((3, 1), BOS), memory, src_mask, cache)
+        for layer, (_, cross) in zip(model.decoder_layers, cache):
+            k, v = layer.cross_attn.project_kv(memory)  # (B, h, S, d_k), the padded way
+            for got, want in ((cross.k, k), (cross.v, v)):
+                torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real])
+                assert torch.all(got.transpose(1, 2)[~real] == 0)
+                assert not torch.all(want.transpose(1, 2)[~real] == 0)  # the padded way gives the bias
+        keys = [cross.k for _, cross in cache]
+        model.decode(torch.full((3, 1), BOS), memory, src_mask, cache)
+        assert all(cross.k is k for (_, cross), k in zip(cache, keys))  # filled once per run
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_padding_does_not_change_real_positions(variant):
     model = make_model(**variant)
