@@ -238,3 +238,43 @@ def test_a_packed_lm_head_writes_large_steps_into_the_reused_logits_buffer():
         torch.testing.assert_close(logits, uncached, rtol=1e-4, atol=1e-4)
         # Above the limit torch's product writes into the run's buffer; below it, the packed kernel's own result.
         assert (logits.data_ptr() == cache._logits.data_ptr()) == (sentences > PackedLinear.MAX_ROWS)
+
+
+ALLOCATOR_PROBE = """
+import resource, sys, torch
+from pipeline.translator import keep_freed_memory
+if sys.argv[1] == "kept":
+    assert keep_freed_memory()
+faults = []
+for _ in range(5):  # 64 MB: above the largest block glibc would otherwise keep (32 MB)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 << 20).fill_(1.0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(max(faults[-2:]))  # once the heap has settled (the first two or three fault their pages in)
+"""
+
+
+def allocator_faults(variant: str, env: dict | None = None) -> int:
+    """Minor page faults of the fourth or fifth 64 MB allocation in a fresh process (the larger)."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, variant], capture_output=True, text=True,
+                         check=True, env={**os.environ, **(env or {})})
+    return int(out.stdout.split()[-1])
+
+
+def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
+    """Decoding's large buffers come back batch after batch: once keep_freed_memory() has run, a
+    freed 64 MB block is reused (next to no page faults); by default glibc unmaps it and the next
+    one faults all its 16,384 pages in again. A MALLOC_* setting of the user's wins."""
+    import ctypes.util
+
+    if "libc.so" not in str(ctypes.util.find_library("c")):
+        pytest.skip("keep_freed_memory tunes glibc's malloc; this C library is not glibc")
+    pages = (64 << 20) // 4096
+    assert allocator_faults("default") > pages // 2
+    assert allocator_faults("kept") < pages // 20
+    with pytest.raises(Exception):  # the user's own setting: keep_freed_memory() leaves it alone
+        allocator_faults("kept", {"MALLOC_TRIM_THRESHOLD_": "131072"})
