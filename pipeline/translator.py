@@ -147,34 +147,40 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-# glibc's mallopt parameters, and the environment variables that set them at start-up
+# glibc's mallopt parameters, and the environment settings of them that keep_freed_memory leaves alone
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 FREED_MEMORY_KEPT = 1 << 30  # both thresholds: blocks up to 1 GiB come from the heap and stay there
+OLD_GLIBC_MMAP_MAX = 32 << 20  # glibc before 2.36 refuses an mmap threshold above this (64-bit)
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc, once per process, to keep freed blocks for reuse instead of handing
-    them back to the operating system (mallopt: M_MMAP_THRESHOLD and M_TRIM_THRESHOLD at 1 GiB).
+    them back to the operating system (mallopt: M_MMAP_THRESHOLD and M_TRIM_THRESHOLD at 1 GiB;
+    32 MiB for the mmap threshold where an older glibc refuses more).
 
     Decoding allocates blocks of the same few sizes batch after batch (KV caches, logits,
     unpacked rows: tens of MB at beam 4 x 128 sentences). By default glibc maps each large block
     afresh and unmaps it when freed, so every batch page-faults its memory in again: about
     200,000 minor faults in `evaluate` on test2016 at beam 4, a tenth of its CPU time spent in
     the kernel (bench/results/2026-11-27-allocator.json). Kept, the blocks are reused; the cost
-    is resident memory that stays at its peak (about 50 MB more there). Training does not call
-    it (its batches change shape every step; `fit` returns freed memory every 50 steps instead,
-    callbacks.ReleaseFreedMemory). A no-op off glibc and where MALLOC_MMAP_THRESHOLD_ or
-    MALLOC_TRIM_THRESHOLD_ is set (the user's choice wins). Returns whether it was set."""
-    if any(name in os.environ for name in ALLOCATOR_ENV):
+    is resident memory that stays at its peak (about 85 MB more there). In a thread other than
+    the main one (`serve` decodes in one) glibc's arena still maps blocks above 64 MB afresh.
+    Training does not call it (its batches change shape every step; `fit` returns freed memory
+    every 50 steps instead, callbacks.ReleaseFreedMemory, whose malloc_trim ignores these
+    thresholds). A no-op off glibc and where the environment sets malloc's thresholds
+    (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables in GLIBC_TUNABLES:
+    the user's choice wins). Returns whether it was set."""
+    if any(name in os.environ for name in ALLOCATOR_ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, FREED_MEMORY_KEPT) and libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                      FREED_MEMORY_KEPT))
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc
         return False
+    mapped = mallopt(M_MMAP_THRESHOLD, FREED_MEMORY_KEPT) or mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_MAX)
+    trimmed = mallopt(M_TRIM_THRESHOLD, FREED_MEMORY_KEPT)
+    return bool(mapped and trimmed)
 
 
 def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
