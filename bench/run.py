@@ -305,6 +305,21 @@ class MeasuredElsewhere:
     seconds: float
 
 
+def record_decoding_setup(cache: str = "/tmp/exp/srcs.pt") -> tuple[Settings, list[torch.Tensor], DecodingConfig,
+                                                                     Transformer]:
+    """For the record scripts under bench/results/: the --quick slice's settings, the bench's
+    decoding batches (64 validation sentences each; tokenized once, then read from `cache`), the
+    decode rows' rule (exactly max_new_tokens new tokens where FixedLength forbids EOS) and the
+    bench's model with random weights (seed 0) in eval mode, not yet prepared for inference."""
+    settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
+    if not os.path.exists(cache):
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        torch.save(decode_batches(load_data(settings), settings), cache)
+    torch.manual_seed(0)
+    model = Transformer(our_config(settings)).eval()
+    return settings, torch.load(cache), DecodingConfig(max_len_ratio=0.0, max_len_extra=settings.max_new_tokens), model
+
+
 def per_call_us(fn, calls: int = 300, warmup: int = 20) -> float:
     """Micro-benchmark: the median over 5 runs of fn's mean time a call (µs), each run `calls`
     calls after `warmup` untimed ones (CPU; the record scripts under bench/results/ use it)."""

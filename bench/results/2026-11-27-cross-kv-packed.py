@@ -9,24 +9,16 @@
 #   .venv/bin/python bench/results/2026-11-27-cross-kv-packed.py > out.json
 # (it caches the tokenized batches in /tmp/exp/srcs.pt on the first run, as decode-steps.py does).
 import json, os, subprocess, sys, time
-from dataclasses import replace
 import torch
 sys.path.insert(0, os.getcwd())
-from bench.run import QUICK, FixedLength, Settings, decode_batches, load_data, our_config
-from pipeline.decoding import DecodingConfig, generate
+from bench.run import FixedLength, record_decoding_setup
+from pipeline.decoding import generate
 from pipeline.model import Transformer
 from pipeline.translator import inference_model
 
 LOAD_AT_START = os.getloadavg()[0]
-settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
-os.makedirs("/tmp/exp", exist_ok=True)
-cached = "/tmp/exp/srcs.pt"
-if not os.path.exists(cached):
-    torch.save(decode_batches(load_data(settings), settings), cached)
-srcs = torch.load(cached)
-config = DecodingConfig(max_len_ratio=0.0, max_len_extra=30)
-torch.manual_seed(0)
-model = inference_model(Transformer(our_config(settings)).eval())
+settings, srcs, config, model = record_decoding_setup()
+model = inference_model(model)
 fixed = FixedLength(model)
 packed_fill = Transformer.fill_cross_caches
 

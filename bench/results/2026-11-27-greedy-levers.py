@@ -16,7 +16,6 @@
 #   .venv/bin/python bench/results/2026-11-27-greedy-levers.py > out.json
 import ctypes, json, os, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 if sys.argv[1:2] == ["--malloc"]:  # one process of lever 3
     if sys.argv[2] == "tuned":
@@ -25,22 +24,14 @@ if sys.argv[1:2] == ["--malloc"]:  # one process of lever 3
 import torch
 import torch.nn.functional as F
 sys.path.insert(0, os.getcwd())
-from bench.run import QUICK, FixedLength, Settings, decode_batches, load_data, our_config, per_call_us
-from pipeline.decoding import DecodingConfig, generate
-from pipeline.model import Transformer
+from bench.run import FixedLength, per_call_us, record_decoding_setup
+from pipeline.decoding import generate
 from pipeline.tokenizer import PAD
 from pipeline.translator import inference_model
 
 LOAD_AT_START = os.getloadavg()[0]
-settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
-os.makedirs("/tmp/exp", exist_ok=True)
-cached = "/tmp/exp/srcs.pt"
-if not os.path.exists(cached):
-    torch.save(decode_batches(load_data(settings), settings), cached)
-srcs = torch.load(cached)
-config = DecodingConfig(max_len_ratio=0.0, max_len_extra=30)
-torch.manual_seed(0)
-fixed = FixedLength(inference_model(Transformer(our_config(settings)).eval()))
+settings, srcs, config, model = record_decoding_setup()
+fixed = FixedLength(inference_model(model))
 
 
 def greedy():

@@ -11,15 +11,13 @@
 #   .venv/bin/python bench/results/2026-11-27-kv-cache-layout.py CHECKPOINT > out.json
 # (it caches the tokenized batches in /tmp/exp/srcs.pt on the first run, as decode-steps.py does).
 import json, os, subprocess, sys, time
-from dataclasses import replace
 import torch
 sys.path.insert(0, os.getcwd())
 import pipeline.attention as attention
 import pipeline.model as model_module
-from bench.run import QUICK, FixedLength, Settings, decode_batches, load_data, our_config
+from bench.run import FixedLength, record_decoding_setup
 from pipeline.data import load_split
-from pipeline.decoding import DecodingConfig, generate
-from pipeline.model import Transformer
+from pipeline.decoding import generate
 from pipeline.translator import Translator, inference_model
 
 LOAD_AT_START = os.getloadavg()[0]
@@ -69,15 +67,8 @@ class HeadMajorKVCache(attention.KVCache):
 
 
 VARIANTS = {"head_major": HeadMajorKVCache, "step_major": attention.KVCache}
-settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
-os.makedirs("/tmp/exp", exist_ok=True)
-cached = "/tmp/exp/srcs.pt"
-if not os.path.exists(cached):
-    torch.save(decode_batches(load_data(settings), settings), cached)
-srcs = torch.load(cached)
-config = DecodingConfig(max_len_ratio=0.0, max_len_extra=30)
-torch.manual_seed(0)
-fixed = FixedLength(inference_model(Transformer(our_config(settings)).eval()))
+settings, srcs, config, model = record_decoding_setup()
+fixed = FixedLength(inference_model(model))
 translator = Translator.from_checkpoint(sys.argv[1], beam=4, device="cpu")
 test = list(load_split(settings.data, "test", "de", "en")["src"])
 

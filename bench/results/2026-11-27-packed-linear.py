@@ -8,13 +8,11 @@
 #   .venv/bin/python bench/results/2026-11-27-packed-linear.py > out.json
 # (it caches the tokenized batches in /tmp/exp/srcs.pt on the first run, as decode-steps.py does).
 import json, os, subprocess, sys, time
-from dataclasses import replace
 import torch
 sys.path.insert(0, os.getcwd())
 import pipeline.translator as translator
-from bench.run import QUICK, FixedLength, Settings, decode_batches, load_data, our_config, per_call_us
-from pipeline.decoding import DecodingConfig, generate
-from pipeline.model import Transformer
+from bench.run import FixedLength, per_call_us, record_decoding_setup
+from pipeline.decoding import generate
 
 
 LOAD_AT_START = os.getloadavg()[0]
@@ -24,15 +22,7 @@ def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-settings = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=1)
-os.makedirs("/tmp/exp", exist_ok=True)
-cached = "/tmp/exp/srcs.pt"
-if not os.path.exists(cached):
-    torch.save(decode_batches(load_data(settings), settings), cached)
-srcs = torch.load(cached)
-config = DecodingConfig(max_len_ratio=0.0, max_len_extra=30)
-torch.manual_seed(0)
-model = Transformer(our_config(settings)).eval()
+settings, srcs, config, model = record_decoding_setup()
 
 # Memory: a process of its own per variant (`--memory packed|linear`) prepares the model as
 # Translator does, decodes one greedy batch (weights pack at their first use) and reports its
