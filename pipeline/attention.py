@@ -156,9 +156,10 @@ class KVCache:
         """Whether k and v are still the views of the buffers (nobody assigned them since)."""
         if self._buffers is None:
             return False
-        expected = self._filled(self._buffers[0], len(self))
-        return (self.k.data_ptr() == self._buffers[0].data_ptr() and self.v.data_ptr() == self._buffers[1].data_ptr()
-                and self.k.shape == expected.shape and self.k.stride() == expected.stride())
+        buf = self._buffers[0]  # k must be _filled(buf, n): (B, h, n, d_k), buf's strides transposed
+        return (self.k.data_ptr() == buf.data_ptr() and self.v.data_ptr() == self._buffers[1].data_ptr()
+                and self.k.size(0) == buf.size(0) and self.k.size(1) == buf.size(2)
+                and self.k.stride() == (buf.stride(0), buf.stride(2), buf.stride(1), buf.stride(3)))
 
     @staticmethod
     def _grow(old: Tensor, capacity: int) -> Tensor:
