@@ -293,8 +293,9 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap():
     if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
         pytest.skip("glibc before 2.33 has no mallinfo2 to read the heap's state with")
     default = allocator_probe("default")
-    assert default["mapped_mb"] >= 16 and default["free_in_heap_mb"] < 16
+    # "Most of the block": small allocations of the interpreter may take a few bytes of it once freed.
+    assert default["mapped_mb"] >= 16 and default["free_in_heap_mb"] < 4
     kept = allocator_probe("kept")
-    assert kept["kept"] is True and kept["mapped_mb"] < 16 and kept["free_in_heap_mb"] >= 16
+    assert kept["kept"] is True and kept["mapped_mb"] < 4 and kept["free_in_heap_mb"] > 12
     users = allocator_probe("kept", {"MALLOC_TRIM_THRESHOLD_": "131072"})  # the user's own setting stays
     assert users["kept"] is False and users["mapped_mb"] >= 16
