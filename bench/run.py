@@ -261,10 +261,16 @@ class FixedLength:
     def new_cache(self, reuse_logits=False):
         return self.model.new_cache(reuse_logits)
 
-    def decode(self, tgt, memory, src_mask, cache=None):
-        logits = self.model.decode(tgt, memory, src_mask, cache)
-        logits[..., EOS] = float("-inf")
-        return logits
+    def decode(self, tgt, memory, src_mask, cache=None, project=True):
+        out = self.model.decode(tgt, memory, src_mask, cache, project=project)
+        if project:
+            out[..., EOS] = float("-inf")
+        return out
+
+    @property
+    def argmax_head(self):
+        head = getattr(self.model, "argmax_head", None)
+        return None if head is None else lambda states, banned: head(states, (*banned, EOS))
 
 
 def marian_generate(model, src: torch.Tensor, beams: int, n: int) -> torch.Tensor:

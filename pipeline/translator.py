@@ -147,6 +147,129 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
     return model
 
 
+class ArgmaxHead:
+    """Each row's highest-logit token under the LM head, found with a bf16 product and made exact
+    by an fp32 recheck: greedy decoding on CPUs whose bf16 products are faster than fp32 ones
+    (AVX-512 bf16, AMX; `if_faster` measures it).
+
+    Greedy decoding needs only each row's best token, not its (rows × vocabulary) logits. The
+    bf16 product of the final decoder states y with the output embeddings W gives every logit
+    within ε of its exact value: bf16 keeps 8 significant bits, so rounding y, W and the result
+    errs by at most about 3·2⁻⁸·Σᵢ|yᵢwᵢ| ≤ 3·2⁻⁸·‖y‖·max‖w‖ (Cauchy–Schwarz; the fp32 sums add
+    d·2⁻²⁴ of it; `error_per_norm` is that factor with a margin). The vocabulary is read in
+    chunks of CHUNK columns: within the CHUNKS chunks with the highest bf16 maxima, the
+    CANDIDATES best bf16 logits are scored again in fp32. Every other token's bf16 logit is at
+    most the lowest candidate's or the next chunk's maximum, so its exact logit is at most ε
+    above the larger of the two: where the best fp32 candidate beats that, it is the row's
+    answer. Where it does not (near-ties), every token whose bf16 logit is within ε of that
+    best candidate's fp32 logit is scored in fp32 (`settle`). The tokens are
+    therefore those of the fp32 head, up to ties within fp32 rounding (which the fp32 product's
+    own summation order decides), for a fraction of its time: the bf16 product, then work on
+    (rows × vocabulary / CHUNK) maxima and (rows × CANDIDATES) logits
+    (bench/results/2026-11-27-argmax-head.json).
+
+    For an LM head without bias (the model's is; tied to the embeddings). It keeps a bf16 copy
+    of the weight: make it again after the weights change (like merge_projections).
+    """
+
+    CHUNK = 128  # columns per chunk: vectorised maxima over contiguous fp32 runs
+    CHUNKS = 3  # chunks searched for candidates; the next one's maximum bounds the rest
+    CANDIDATES = 4  # logits rescored in fp32 per row
+
+    def __init__(self, weight: Tensor):
+        """weight: (V, d) fp32, the LM head's."""
+        self.weight = weight.detach()  # shared, not copied: the fp32 scores of the candidates
+        vocab, d = self.weight.shape
+        self.vocab = vocab
+        padded = -(-vocab // self.CHUNK) * self.CHUNK  # zero rows up to whole chunks, masked in __call__
+        self.weight_bf16 = self.weight.new_zeros(padded, d, dtype=torch.bfloat16)
+        self.weight_bf16[:vocab] = self.weight
+        # ε per unit of ‖y‖: rounding y and w (2u) and the bf16 result (u), u = 2⁻⁸, with a
+        # margin for the products of roundings, plus the fp32 sums' d·2⁻²⁴ on each side.
+        unit = 2.0 ** -8
+        self.error_per_norm = (3.1 * unit + 2 * d * 2.0 ** -24) * float(
+            torch.linalg.vector_norm(self.weight, dim=1).max())
+
+    def __call__(self, states: Tensor, banned: tuple[int, ...] = ()) -> Tensor:
+        """(b, d) final decoder states -> (b,) each row's highest-logit token id, `banned` ids
+        excluded."""
+        b = states.size(0)
+        approx = F.linear(states.to(torch.bfloat16), self.weight_bf16).float()  # (b, V padded)
+        approx[:, self.vocab:] = float("-inf")
+        approx[:, list(banned)] = float("-inf")
+        n_chunks = self.weight_bf16.size(0) // self.CHUNK
+        chunk_max, chunks = approx.view(b, n_chunks, self.CHUNK).amax(-1).topk(self.CHUNKS + 1, dim=1)  # (b, CHUNKS+1)
+        columns = (chunks[:, :self.CHUNKS, None] * self.CHUNK
+                   + torch.arange(self.CHUNK, device=states.device)).view(b, self.CHUNKS * self.CHUNK)
+        approx_top, pick = approx.gather(1, columns).topk(self.CANDIDATES, dim=1)  # (b, c) best first
+        candidates = columns.gather(1, pick)  # (b, c) token ids
+        exact = (self.weight[candidates] * states[:, None, :]).sum(-1)  # (b, c) fp32
+        best, pick = exact.max(1)
+        tokens = candidates.gather(1, pick[:, None]).squeeze(1)
+        others = torch.maximum(approx_top[:, -1], chunk_max[:, -1])  # no other token's bf16 logit is higher
+        error = self.error_per_norm * torch.linalg.vector_norm(states, dim=1)  # (b,) ε of each row
+        unsure = (best <= others + error).nonzero().squeeze(1)
+        if unsure.numel():  # near-ties: rescore every token whose bf16 logit is within ε of `best`
+            self.settle(unsure, approx, states, best - error, tokens)
+        return tokens
+
+    def settle(self, rows: Tensor, approx: Tensor, states: Tensor, floor: Tensor, tokens: Tensor) -> None:
+        """For `rows` (n,) whose candidates did not settle the best token: every token whose bf16
+        logit (approx: (b, V padded)) reaches the row's floor (b,) (the best candidate's fp32
+        logit minus ε: the best token's bf16 logit is at least that) is scored in fp32, and the
+        best, the lowest id among equals as in max(), goes into tokens (b,)."""
+        floor = floor.index_select(0, rows).clamp(min=torch.finfo(floor.dtype).min)  # banned (-inf) never qualify
+        member_row, columns = (approx.index_select(0, rows) >= floor[:, None]).nonzero().unbind(1)
+        scores = (self.weight[columns] * states.index_select(0, rows.index_select(0, member_row))).sum(-1)
+        n = rows.numel()
+        top = scores.new_full((n,), float("-inf")).scatter_reduce_(0, member_row, scores, "amax")
+        hit = scores == top.index_select(0, member_row)
+        first = columns.new_full((n,), self.vocab).scatter_reduce_(0, member_row[hit], columns[hit], "amin")
+        # A row with no member (NaN states) keeps its candidates' pick rather than an id past the vocabulary.
+        tokens.index_copy_(0, rows, torch.where(first < self.vocab, first, tokens.index_select(0, rows)))
+
+    @classmethod
+    def if_faster(cls, head: nn.Module, rows: int = 64, repeats: int = 5) -> "ArgmaxHead | None":
+        """An ArgmaxHead for `head` (the model's LM head: an fp32 CPU Linear or PackedLinear
+        without bias) where it picks the tokens of `rows` random states at least ARGMAX_SPEEDUP
+        times faster than the head's own product and max (timed once per head shape and
+        process, a few ms: `bf16_argmax_is_faster`), else None."""
+        weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
+        if (weight is None or bias is not None or weight.dtype != torch.float32 or not weight.is_cpu
+                or weight.size(0) < 4 * cls.CHUNKS * cls.CHUNK):  # a narrow vocabulary has little to gain
+            return None
+        faster = bf16_argmax_is_faster(weight.size(1), weight.size(0), rows, repeats)
+        return cls(weight) if faster else None
+
+
+ARGMAX_SPEEDUP = 1.2  # the bf16 pick must beat the fp32 head's product and max by this factor
+
+
+@functools.cache
+def bf16_argmax_is_faster(d: int, vocab: int, rows: int, repeats: int) -> bool:
+    """Whether ArgmaxHead picks `rows` tokens over a (vocab, d) head ARGMAX_SPEEDUP times faster
+    than a packed fp32 product (as the LM head runs after inference_model) and its max, on
+    random weights. The global random state is left as it was."""
+    import time
+
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(0)
+        linear = nn.Linear(d, vocab, bias=False)
+        fp32_head = PackedLinear(linear) if mkl_packing_works() else linear
+        states = torch.randn(rows, d)
+        argmax_head = ArgmaxHead(linear.weight)
+        runs = {"fp32": lambda: fp32_head(states).max(-1), "bf16": lambda: argmax_head(states)}
+        times = {name: [] for name in runs}
+        for i in range(repeats + 1):  # the first round warms up
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                if i:
+                    times[name].append(time.perf_counter() - start)
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median["fp32"] >= ARGMAX_SPEEDUP * median["bf16"]
+
+
 # glibc's mallopt parameters, and the environment settings of them that keep_freed_memory leaves alone
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -186,7 +309,8 @@ def keep_freed_memory() -> bool:
 def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     """A copy of `model` prepared for decoding: eval mode and each attention's projections
     merged into one product; then either, in fp32 on the CPU, the linear layers' weights packed
-    for MKL (PackedLinear), or with quantize="int8", every linear layer (the LM head
+    for MKL (PackedLinear) and, where it is faster, greedy decoding's best tokens picked by an
+    ArgmaxHead (the same tokens), or with quantize="int8", every linear layer (the LM head
     included) dynamically quantized (int8 weights per output channel; activations quantized on
     the fly with one scale per tensor, so a sentence's translation can depend on the other
     sentences of its batch; CPU only: torch's fbgemm/oneDNN kernels), or with quantize="bf16",
@@ -199,6 +323,7 @@ def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     if quantize == "int8" and device.type != "cpu":
         raise UserError(f"--quantize int8 runs on the CPU only: drop it (or use --quantize bf16) on {device.type}")
     model = copy.deepcopy(model).eval().merge_projections()
+    model.argmax_head = None  # (a copy of a prepared model may carry one for fp32 weights)
     if quantize == "bf16":
         model = model.to(torch.bfloat16)
     elif quantize == "int8":
@@ -209,6 +334,7 @@ def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
             model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
     elif device.type == "cpu":
         model = pack_linear_layers(model)
+        model.argmax_head = ArgmaxHead.if_faster(model.lm_head)
     return model
 
 

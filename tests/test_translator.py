@@ -279,6 +279,105 @@ def allocator_probe(variant: str, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def argmax_case(vocab: int = 4096, d: int = 64, rows: int = 48, seed: int = 0):
+    """A random LM head weight (vocab, d) as the model initialises its embeddings, and states
+    (rows, d) as a final LayerNorm leaves them (about unit variance per feature)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(vocab, d, generator=generator) * d ** -0.5, torch.randn(rows, d, generator=generator)
+
+
+def test_bf16_logits_stay_within_the_argmax_heads_error_bound():
+    from pipeline.translator import ArgmaxHead
+
+    weight, states = argmax_case()
+    for scale in (1.0, 30.0, 1e-3):  # the bound scales with ‖y‖: large and tiny states alike
+        y = states * scale
+        head = ArgmaxHead(weight)
+        approx = (y.to(torch.bfloat16) @ head.weight_bf16.t()).double()
+        exact = y.double() @ weight.double().t()
+        bound = head.error_per_norm * torch.linalg.vector_norm(y.double(), dim=1)
+        error = (approx - exact).abs().amax(1)
+        assert (error <= bound).all(), float((error / bound).max())
+        assert (error > bound / 100).any()  # a bound, not a wild over-estimate: bf16 does err
+
+
+def test_argmax_head_picks_the_fp32_heads_tokens_near_ties_and_bans_included():
+    from pipeline.translator import ArgmaxHead
+
+    weight, states = argmax_case()
+    banned = (0, 2)
+    weight[2] = states[0] * 0.5  # a banned token that would win row 0 by far
+    # Rows 1-3: twelve tokens whose logits differ by less than bf16 resolves, so the pick
+    # needs the fp32 recheck, and the candidates' bf16 scores cannot settle it (fallback).
+    tied = torch.arange(100, 112)
+    for row in (1, 2, 3):
+        weight[tied + 20 * row] = states[row] * 0.3 + 1e-4 * torch.randn(12, states.size(1))
+    head = ArgmaxHead(weight)
+    logits = states @ weight.t()
+    logits[:, list(banned)] = float("-inf")
+    expected = logits.max(-1).indices
+    picked = head(states, banned)
+    assert torch.equal(picked, expected)
+    assert picked[0] != 2 and all(int(picked[r]) in (tied + 20 * r).tolist() for r in (1, 2, 3))
+    assert torch.equal(head(states[:0], banned), expected[:0])  # no rows
+
+
+def test_argmax_head_finds_the_fp32_tokens_when_bf16_cannot_rank_the_candidates():
+    """Force the second stage for every row (the candidates' bound never clears): every token
+    is rescored in fp32, banned ones excluded, and the same tokens come out."""
+    from pipeline.translator import ArgmaxHead
+
+    weight, states = argmax_case(seed=1)
+    weight[1] = states[5]  # a banned token that would win row 5
+    head = ArgmaxHead(weight)
+    head.error_per_norm = float("inf")
+    logits = states @ weight.t()
+    logits[:, [0, 1]] = float("-inf")
+    assert torch.equal(head(states, (0, 1)), logits.max(-1).indices)
+
+
+def test_greedy_decoding_through_the_argmax_head_gives_the_same_translations():
+    from pipeline.decoding import DecodingConfig, generate
+    from pipeline.model import Transformer, TransformerConfig
+    from pipeline.translator import ArgmaxHead, inference_model
+
+    torch.manual_seed(0)
+    model = inference_model(Transformer(TransformerConfig(vocab_size=2048, d_model=64, n_heads=4, encoder_layers=2,
+                                                          decoder_layers=2, d_ff=128)))
+    model.argmax_head = None
+    src = torch.randint(4, 2048, (16, 12))
+    src[8:, 9:] = 0  # padding
+    config = DecodingConfig(max_len_ratio=1.0, max_len_extra=8)
+    plain = generate(model, src, config).tokens
+    model.argmax_head = ArgmaxHead(model.lm_head.weight)
+    assert torch.equal(generate(model, src, config).tokens, plain)
+
+
+def test_inference_model_sets_the_argmax_head_only_where_it_is_faster(monkeypatch):
+    from pipeline import translator
+    from pipeline.model import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(vocab_size=2048, d_model=32, n_heads=2, encoder_layers=1,
+                                          decoder_layers=1, d_ff=64))
+    for faster in (True, False):
+        monkeypatch.setattr(translator, "bf16_argmax_is_faster", lambda *args, faster=faster: faster)
+        assert isinstance(translator.inference_model(model).argmax_head, translator.ArgmaxHead) == faster
+    assert translator.inference_model(model, "bf16").argmax_head is None  # already a bf16 head
+    assert translator.inference_model(model, "int8").argmax_head is None
+    assert model.argmax_head is None  # the model itself is left as it was
+    head = torch.nn.Linear(32, 2048)  # with a bias: not a head it handles
+    assert translator.ArgmaxHead.if_faster(head) is None
+    assert translator.ArgmaxHead.if_faster(torch.nn.Linear(32, 100, bias=False)) is None  # too narrow to gain
+
+
+def test_the_argmax_speed_probe_answers_and_leaves_the_random_state():
+    from pipeline.translator import bf16_argmax_is_faster
+
+    state = torch.random.get_rng_state()
+    assert bf16_argmax_is_faster(32, 1024, 8, 1) in (True, False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_keep_freed_memory_keeps_large_blocks_in_the_heap():
     """Decoding's large buffers come back batch after batch. By default glibc maps a 16 MB block
     on its own and unmaps it when freed (the next one is page-faulted in afresh); once
