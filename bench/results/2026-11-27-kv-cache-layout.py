@@ -53,6 +53,13 @@ class HeadMajorKVCache(attention.KVCache):
     def _filled(buf, n):
         return buf[:, :, :n]
 
+    def _in_buffers(self):  # the base class checks for its own (transposed) layout's strides
+        if self._buffers is None:
+            return False
+        buf = self._buffers[0]
+        return (self.k.data_ptr() == buf.data_ptr() and self.v.data_ptr() == self._buffers[1].data_ptr()
+                and self.k.shape[:2] == buf.shape[:2] and self.k.stride() == buf.stride())
+
     @staticmethod
     def _select(buf, index, n):
         new = buf.new_empty((index.numel(),) + buf.shape[1:])
