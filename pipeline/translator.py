@@ -168,31 +168,57 @@ class ArgmaxHead:
     (rows × vocabulary / CHUNK) maxima and (rows × CANDIDATES) logits
     (bench/results/2026-11-27-argmax-head.json).
 
-    For an LM head without bias (the model's is; tied to the embeddings). It keeps a bf16 copy
-    of the weight: make it again after the weights change (like merge_projections).
+    For an LM head without bias (the model's is; tied to the embeddings). It reads the head's
+    weight at every call and makes its bf16 copy again when that weight changed (in place, or
+    replaced as by `.to()`); a weight that is no longer an fp32 CPU tensor gets the plain
+    product and max. Equal fp32 logits go to the lowest id, as `max()` does.
     """
 
     CHUNK = 128  # columns per chunk: vectorised maxima over contiguous fp32 runs
     CHUNKS = 3  # chunks searched for candidates; the next one's maximum bounds the rest
     CANDIDATES = 4  # logits rescored in fp32 per row
 
-    def __init__(self, weight: Tensor):
-        """weight: (V, d) fp32, the LM head's."""
-        self.weight = weight.detach()  # shared, not copied: the fp32 scores of the candidates
-        vocab, d = self.weight.shape
+    def __init__(self, head: nn.Module):
+        """head: the LM head (a module with an fp32 `weight` (V, d) and no bias), read, not copied."""
+        self.head = head
+        if head.weight.size(0) < (self.CHUNKS + 1) * self.CHUNK:
+            raise ValueError(f"ArgmaxHead needs a vocabulary of at least {(self.CHUNKS + 1) * self.CHUNK} tokens, "
+                             f"got {head.weight.size(0)}")
+        self.prepared_for: tuple | None = None
+        self.prepare()
+
+    @staticmethod
+    def weight_key(weight: Tensor) -> tuple:
+        """What identifies a weight's current values: storage, version (None for tensors made
+        under inference_mode, which keep none), device and dtype."""
+        return (weight.data_ptr(), None if weight.is_inference() else weight._version, weight.device, weight.dtype)
+
+    def prepare(self) -> None:
+        """The bf16 copy of the head's weight, padded with zero rows to whole chunks, and ε per
+        unit of ‖y‖ for it."""
+        weight = self.head.weight.detach()
+        vocab, d = weight.shape
         self.vocab = vocab
         padded = -(-vocab // self.CHUNK) * self.CHUNK  # zero rows up to whole chunks, masked in __call__
-        self.weight_bf16 = self.weight.new_zeros(padded, d, dtype=torch.bfloat16)
-        self.weight_bf16[:vocab] = self.weight
+        self.weight_bf16 = weight.new_zeros(padded, d, dtype=torch.bfloat16)
+        self.weight_bf16[:vocab] = weight
         # ε per unit of ‖y‖: rounding y and w (2u) and the bf16 result (u), u = 2⁻⁸, with a
-        # margin for the products of roundings, plus the fp32 sums' d·2⁻²⁴ on each side.
+        # margin for the products of roundings (3u + 3u² + u³ < 3.1u), plus the fp32 sums'
+        # d·2⁻²⁴ on each side (the bf16 product's accumulation and the candidates' rescoring).
         unit = 2.0 ** -8
-        self.error_per_norm = (3.1 * unit + 2 * d * 2.0 ** -24) * float(
-            torch.linalg.vector_norm(self.weight, dim=1).max())
+        self.error_per_norm = (3.1 * unit + 2 * d * 2.0 ** -24) * float(torch.linalg.vector_norm(weight, dim=1).max())
+        self.prepared_for = self.weight_key(self.head.weight)
 
     def __call__(self, states: Tensor, banned: tuple[int, ...] = ()) -> Tensor:
         """(b, d) final decoder states -> (b,) each row's highest-logit token id, `banned` ids
         excluded."""
+        weight = self.head.weight.detach()
+        if not (weight.is_cpu and weight.dtype == torch.float32 and states.is_cpu and states.dtype == torch.float32):
+            logits = F.linear(states, weight)
+            logits[:, list(banned)] = float("-inf")
+            return logits.max(-1).indices
+        if self.weight_key(self.head.weight) != self.prepared_for:
+            self.prepare()
         b = states.size(0)
         approx = F.linear(states.to(torch.bfloat16), self.weight_bf16).float()  # (b, V padded)
         approx[:, self.vocab:] = float("-inf")
@@ -203,29 +229,33 @@ class ArgmaxHead:
                    + torch.arange(self.CHUNK, device=states.device)).view(b, self.CHUNKS * self.CHUNK)
         approx_top, pick = approx.gather(1, columns).topk(self.CANDIDATES, dim=1)  # (b, c) best first
         candidates = columns.gather(1, pick)  # (b, c) token ids
-        exact = (self.weight[candidates] * states[:, None, :]).sum(-1)  # (b, c) fp32
-        best, pick = exact.max(1)
-        tokens = candidates.gather(1, pick[:, None]).squeeze(1)
+        exact = (weight[candidates] * states[:, None, :]).sum(-1)  # (b, c) fp32
+        best = exact.amax(1)
+        # the lowest id among equal best candidates (max()'s rule; topk orders equals arbitrarily)
+        tokens = torch.where(exact == best[:, None], candidates, self.vocab).amin(1)
+        tokens = torch.where(tokens < self.vocab, tokens, candidates[:, 0])  # (NaN states: no id past the vocabulary)
         others = torch.maximum(approx_top[:, -1], chunk_max[:, -1])  # no other token's bf16 logit is higher
         error = self.error_per_norm * torch.linalg.vector_norm(states, dim=1)  # (b,) ε of each row
         unsure = (best <= others + error).nonzero().squeeze(1)
         if unsure.numel():  # near-ties: rescore every token whose bf16 logit is within ε of `best`
-            self.settle(unsure, approx, states, best - error, tokens)
+            self.settle(unsure, approx, weight, states, best - error, tokens)
         return tokens
 
-    def settle(self, rows: Tensor, approx: Tensor, states: Tensor, floor: Tensor, tokens: Tensor) -> None:
+    def settle(self, rows: Tensor, approx: Tensor, weight: Tensor, states: Tensor, floor: Tensor,
+               tokens: Tensor) -> None:
         """For `rows` (n,) whose candidates did not settle the best token: every token whose bf16
         logit (approx: (b, V padded)) reaches the row's floor (b,) (the best candidate's fp32
         logit minus ε: the best token's bf16 logit is at least that) is scored in fp32, and the
         best, the lowest id among equals as in max(), goes into tokens (b,)."""
         floor = floor.index_select(0, rows).clamp(min=torch.finfo(floor.dtype).min)  # banned (-inf) never qualify
         member_row, columns = (approx.index_select(0, rows) >= floor[:, None]).nonzero().unbind(1)
-        scores = (self.weight[columns] * states.index_select(0, rows.index_select(0, member_row))).sum(-1)
+        scores = (weight[columns] * states.index_select(0, rows.index_select(0, member_row))).sum(-1)
         n = rows.numel()
         top = scores.new_full((n,), float("-inf")).scatter_reduce_(0, member_row, scores, "amax")
         hit = scores == top.index_select(0, member_row)
         first = columns.new_full((n,), self.vocab).scatter_reduce_(0, member_row[hit], columns[hit], "amin")
-        # A row with no member (NaN states) keeps its candidates' pick rather than an id past the vocabulary.
+        # A row with no member keeps its candidates' pick rather than an id past the vocabulary (cannot
+        # happen with finite states: the best token's bf16 logit reaches the floor).
         tokens.index_copy_(0, rows, torch.where(first < self.vocab, first, tokens.index_select(0, rows)))
 
     @classmethod
@@ -239,7 +269,7 @@ class ArgmaxHead:
                 or weight.size(0) < 4 * cls.CHUNKS * cls.CHUNK):  # a narrow vocabulary has little to gain
             return None
         faster = bf16_argmax_is_faster(weight.size(1), weight.size(0), rows, repeats)
-        return cls(weight) if faster else None
+        return cls(head) if faster else None
 
 
 ARGMAX_SPEEDUP = 1.2  # the bf16 pick must beat the fp32 head's product and max by this factor
@@ -257,7 +287,7 @@ def bf16_argmax_is_faster(d: int, vocab: int, rows: int, repeats: int) -> bool:
         linear = nn.Linear(d, vocab, bias=False)
         fp32_head = PackedLinear(linear) if mkl_packing_works() else linear
         states = torch.randn(rows, d)
-        argmax_head = ArgmaxHead(linear.weight)
+        argmax_head = ArgmaxHead(linear)
         runs = {"fp32": lambda: fp32_head(states).max(-1), "bf16": lambda: argmax_head(states)}
         times = {name: [] for name in runs}
         for i in range(repeats + 1):  # the first round warms up

@@ -286,14 +286,33 @@ def argmax_case(vocab: int = 4096, d: int = 64, rows: int = 48, seed: int = 0):
     return torch.randn(vocab, d, generator=generator) * d ** -0.5, torch.randn(rows, d, generator=generator)
 
 
+def lm_head(weight):
+    head = torch.nn.Linear(weight.size(1), weight.size(0), bias=False)
+    head.weight.data = weight
+    return head
+
+
+def fp32_tokens(weight, states, banned):
+    logits = states @ weight.t()
+    logits[:, list(banned)] = float("-inf")
+    return logits.max(-1).indices
+
+
 def test_bf16_logits_stay_within_the_argmax_heads_error_bound():
     from pipeline.translator import ArgmaxHead
 
     weight, states = argmax_case()
-    for scale in (1.0, 30.0, 1e-3):  # the bound scales with ‖y‖: large and tiny states alike
-        y = states * scale
-        head = ArgmaxHead(weight)
-        approx = (y.to(torch.bfloat16) @ head.weight_bf16.t()).double()
+    weight *= 0.7  # every row shorter than the worst-case row below, so that its norm is the bound's
+    # The worst case for the bound: a token and a state whose every value bf16 rounds down by
+    # nearly its unit roundoff 2⁻⁸, all terms of the sum of one sign, |y| ∝ |w| (Cauchy–Schwarz
+    # then holds with equality): the error is nearly 2·2⁻⁸·‖y‖·‖w‖, beyond a bound of 1.5·2⁻⁸.
+    signs = torch.randn(weight.size(1), generator=torch.Generator().manual_seed(1)).sign()
+    nearly_down = 1 + 0.99 * 2.0 ** -8
+    weight[7] = signs * nearly_down * weight.size(1) ** -0.5
+    worst = signs * nearly_down
+    head = ArgmaxHead(lm_head(weight))
+    for y in (states, states * 30.0, states * 1e-3, worst[None]):
+        approx = (y.to(torch.bfloat16) @ head.weight_bf16[:head.vocab].t()).double()
         exact = y.double() @ weight.double().t()
         bound = head.error_per_norm * torch.linalg.vector_norm(y.double(), dim=1)
         error = (approx - exact).abs().amax(1)
@@ -304,22 +323,50 @@ def test_bf16_logits_stay_within_the_argmax_heads_error_bound():
 def test_argmax_head_picks_the_fp32_heads_tokens_near_ties_and_bans_included():
     from pipeline.translator import ArgmaxHead
 
-    weight, states = argmax_case()
+    weight, states = argmax_case(vocab=2000)  # not a whole number of 128-token chunks
     banned = (0, 2)
     weight[2] = states[0] * 0.5  # a banned token that would win row 0 by far
+    weight[1990] = states[4] * 0.5  # row 4's winner in the last, partial chunk
     # Rows 1-3: twelve tokens whose logits differ by less than bf16 resolves, so the pick
-    # needs the fp32 recheck, and the candidates' bf16 scores cannot settle it (fallback).
+    # needs the fp32 recheck, and the candidates' bf16 scores cannot settle it.
     tied = torch.arange(100, 112)
     for row in (1, 2, 3):
         weight[tied + 20 * row] = states[row] * 0.3 + 1e-4 * torch.randn(12, states.size(1))
-    head = ArgmaxHead(weight)
-    logits = states @ weight.t()
-    logits[:, list(banned)] = float("-inf")
-    expected = logits.max(-1).indices
+    head = ArgmaxHead(lm_head(weight))
+    expected = fp32_tokens(weight, states, banned)
     picked = head(states, banned)
     assert torch.equal(picked, expected)
-    assert picked[0] != 2 and all(int(picked[r]) in (tied + 20 * r).tolist() for r in (1, 2, 3))
+    assert picked[0] != 2 and picked[4] == 1990
+    assert all(int(picked[r]) in (tied + 20 * r).tolist() for r in (1, 2, 3))
     assert torch.equal(head(states[:0], banned), expected[:0])  # no rows
+
+
+def test_argmax_head_looks_past_the_chunks_it_searched():
+    """Eight tokens of equal bf16 logits in eight chunks, for each row: the three chunks searched
+    hold three of them, and the best (by 1e-4 relative, invisible to bf16) is often elsewhere;
+    only the next chunk's maximum in the bound sends those rows to the second stage."""
+    from pipeline.translator import ArgmaxHead
+
+    weight, states = argmax_case(vocab=2048, rows=64, seed=2)
+    generator = torch.Generator().manual_seed(3)
+    for row in range(64):
+        tokens = torch.arange(8) * 256 + row  # one per chunk of 128, eight chunks apart
+        direction = states[row] / states[row].norm() ** 2
+        weight[tokens] = 10 * direction * (1 + 1e-4 * torch.rand(8, 1, generator=generator))
+    head = ArgmaxHead(lm_head(weight))
+    assert torch.equal(head(states), fp32_tokens(weight, states, ()))
+
+
+def test_argmax_head_breaks_exact_ties_as_max_does():
+    from pipeline.translator import ArgmaxHead
+
+    weight, states = argmax_case(vocab=2000)
+    for row, (low, high) in enumerate(((300, 301), (100, 1999), (1500, 1501))):
+        weight[low] = weight[high] = states[row] * 0.5  # two tokens with the very same logits
+    head = ArgmaxHead(lm_head(weight))
+    picked = head(states)
+    assert picked[:3].tolist() == [300, 100, 1500]
+    assert torch.equal(picked, fp32_tokens(weight, states, ()))
 
 
 def test_argmax_head_finds_the_fp32_tokens_when_bf16_cannot_rank_the_candidates():
@@ -329,11 +376,27 @@ def test_argmax_head_finds_the_fp32_tokens_when_bf16_cannot_rank_the_candidates(
 
     weight, states = argmax_case(seed=1)
     weight[1] = states[5]  # a banned token that would win row 5
-    head = ArgmaxHead(weight)
+    head = ArgmaxHead(lm_head(weight))
     head.error_per_norm = float("inf")
-    logits = states @ weight.t()
-    logits[:, [0, 1]] = float("-inf")
-    assert torch.equal(head(states, (0, 1)), logits.max(-1).indices)
+    head.prepared_for = head.weight_key(head.head.weight)
+    assert torch.equal(head(states, (0, 1)), fp32_tokens(weight, states, (0, 1)))
+
+
+def test_argmax_head_follows_changes_to_the_heads_weight():
+    from pipeline.translator import ArgmaxHead
+
+    weight, states = argmax_case(seed=4)
+    head_layer = lm_head(weight)
+    head = ArgmaxHead(head_layer)
+    before = head(states)
+    with torch.no_grad():
+        head_layer.weight.copy_(argmax_case(seed=5)[0])  # in place, as load_state_dict does
+    after = head(states)
+    assert not torch.equal(after, before) and torch.equal(after, fp32_tokens(head_layer.weight, states, ()))
+    head_layer.weight = torch.nn.Parameter(argmax_case(seed=6)[0])  # replaced, as .to() may do
+    assert torch.equal(head(states), fp32_tokens(head_layer.weight, states, ()))
+    with pytest.raises(ValueError, match="vocabulary of at least"):
+        ArgmaxHead(lm_head(weight[:300]))
 
 
 def test_greedy_decoding_through_the_argmax_head_gives_the_same_translations():
@@ -349,7 +412,7 @@ def test_greedy_decoding_through_the_argmax_head_gives_the_same_translations():
     src[8:, 9:] = 0  # padding
     config = DecodingConfig(max_len_ratio=1.0, max_len_extra=8)
     plain = generate(model, src, config).tokens
-    model.argmax_head = ArgmaxHead(model.lm_head.weight)
+    model.argmax_head = ArgmaxHead(model.lm_head)
     assert torch.equal(generate(model, src, config).tokens, plain)
 
 

@@ -20,7 +20,7 @@ from pipeline.translator import ArgmaxHead, inference_model
 LOAD_AT_START = os.getloadavg()[0]
 settings, srcs, config, model = record_decoding_setup()
 prepared = inference_model(model)
-head = ArgmaxHead(prepared.lm_head.weight)
+head = ArgmaxHead(prepared.lm_head)
 fixed = FixedLength(prepared)
 banned = (PAD, BOS, EOS)
 
