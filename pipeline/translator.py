@@ -150,7 +150,7 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
 class ArgmaxHead:
     """Each row's highest-logit token under the LM head, found with a bf16 product and made exact
     by an fp32 recheck: greedy decoding on CPUs whose bf16 products are faster than fp32 ones
-    (AVX-512 bf16, AMX; `if_faster` measures it).
+    (AVX-512 bf16, AMX: `where_it_pays`).
 
     Greedy decoding needs only each row's best token, not its (rows × vocabulary) logits. The
     bf16 product of the final decoder states y with the output embeddings W gives every logit
@@ -259,45 +259,25 @@ class ArgmaxHead:
         tokens.index_copy_(0, rows, torch.where(first < self.vocab, first, tokens.index_select(0, rows)))
 
     @classmethod
-    def if_faster(cls, head: nn.Module, rows: int = 64, repeats: int = 5) -> "ArgmaxHead | None":
+    def where_it_pays(cls, head: nn.Module) -> "ArgmaxHead | None":
         """An ArgmaxHead for `head` (the model's LM head: an fp32 CPU Linear or PackedLinear
-        without bias) where it picks the tokens of `rows` random states at least ARGMAX_SPEEDUP
-        times faster than the head's own product and max (timed once per head shape and
-        process, a few ms: `bf16_argmax_is_faster`), else None."""
+        without bias, over at least 4·CHUNKS·CHUNK tokens) on a CPU that multiplies bf16 matrices
+        in hardware (`native_bf16_products`), else None. Decided by the CPU's features, not timed:
+        the same machine always decodes through the same code (tokens could otherwise differ
+        between runs at a tie within fp32 rounding)."""
         weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
         if (weight is None or bias is not None or weight.dtype != torch.float32 or not weight.is_cpu
-                or weight.size(0) < 4 * cls.CHUNKS * cls.CHUNK):  # a narrow vocabulary has little to gain
-            return None
-        faster = bf16_argmax_is_faster(weight.size(1), weight.size(0), rows, repeats)
-        return cls(head) if faster else None
+                or weight.size(0) < 4 * cls.CHUNKS * cls.CHUNK or not native_bf16_products()):
+            return None  # (a narrow vocabulary has little to gain)
+        return cls(head)
 
 
-ARGMAX_SPEEDUP = 1.2  # the bf16 pick must beat the fp32 head's product and max by this factor
-
-
-@functools.cache
-def bf16_argmax_is_faster(d: int, vocab: int, rows: int, repeats: int) -> bool:
-    """Whether ArgmaxHead picks `rows` tokens over a (vocab, d) head ARGMAX_SPEEDUP times faster
-    than a packed fp32 product (as the LM head runs after inference_model) and its max, on
-    random weights. The global random state is left as it was."""
-    import time
-
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(0)
-        linear = nn.Linear(d, vocab, bias=False)
-        fp32_head = PackedLinear(linear) if mkl_packing_works() else linear
-        states = torch.randn(rows, d)
-        argmax_head = ArgmaxHead(linear)
-        runs = {"fp32": lambda: fp32_head(states).max(-1), "bf16": lambda: argmax_head(states)}
-        times = {name: [] for name in runs}
-        for i in range(repeats + 1):  # the first round warms up
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                if i:
-                    times[name].append(time.perf_counter() - start)
-    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    return median["fp32"] >= ARGMAX_SPEEDUP * median["bf16"]
+def native_bf16_products() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 bf16 or AMX), with which torch's
+    bf16 products run about 2-7x faster than fp32 ones (bench/results/2026-11-27-argmax-head.json;
+    the README's bench peaks). Elsewhere bf16 is emulated and slower than fp32."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                        "_is_amx_tile_supported"))
 
 
 # glibc's mallopt parameters, and the environment settings of them that keep_freed_memory leaves alone
@@ -364,7 +344,7 @@ def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
             model = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
     elif device.type == "cpu":
         model = pack_linear_layers(model)
-        model.argmax_head = ArgmaxHead.if_faster(model.lm_head)
+        model.argmax_head = ArgmaxHead.where_it_pays(model.lm_head)
     return model
 
 

@@ -416,29 +416,30 @@ def test_greedy_decoding_through_the_argmax_head_gives_the_same_translations():
     assert torch.equal(generate(model, src, config).tokens, plain)
 
 
-def test_inference_model_sets_the_argmax_head_only_where_it_is_faster(monkeypatch):
+def test_inference_model_sets_the_argmax_head_only_where_it_pays(monkeypatch):
     from pipeline import translator
     from pipeline.model import Transformer, TransformerConfig
 
     model = Transformer(TransformerConfig(vocab_size=2048, d_model=32, n_heads=2, encoder_layers=1,
                                           decoder_layers=1, d_ff=64))
-    for faster in (True, False):
-        monkeypatch.setattr(translator, "bf16_argmax_is_faster", lambda *args, faster=faster: faster)
-        assert isinstance(translator.inference_model(model).argmax_head, translator.ArgmaxHead) == faster
+    for native in (True, False):
+        monkeypatch.setattr(translator, "native_bf16_products", lambda native=native: native)
+        assert isinstance(translator.inference_model(model).argmax_head, translator.ArgmaxHead) == native
     assert translator.inference_model(model, "bf16").argmax_head is None  # already a bf16 head
     assert translator.inference_model(model, "int8").argmax_head is None
     assert model.argmax_head is None  # the model itself is left as it was
-    head = torch.nn.Linear(32, 2048)  # with a bias: not a head it handles
-    assert translator.ArgmaxHead.if_faster(head) is None
-    assert translator.ArgmaxHead.if_faster(torch.nn.Linear(32, 100, bias=False)) is None  # too narrow to gain
+    monkeypatch.setattr(translator, "native_bf16_products", lambda: True)
+    assert translator.ArgmaxHead.where_it_pays(torch.nn.Linear(32, 2048)) is None  # a bias: not a head it handles
+    assert translator.ArgmaxHead.where_it_pays(torch.nn.Linear(32, 1000, bias=False)) is None  # too narrow to gain
 
 
-def test_the_argmax_speed_probe_answers_and_leaves_the_random_state():
-    from pipeline.translator import bf16_argmax_is_faster
+def test_native_bf16_products_reads_the_cpu_features(monkeypatch):
+    from pipeline.translator import native_bf16_products
 
-    state = torch.random.get_rng_state()
-    assert bf16_argmax_is_faster(32, 1024, 8, 1) in (True, False)
-    assert torch.equal(torch.random.get_rng_state(), state)
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert native_bf16_products() is expected
 
 
 def test_keep_freed_memory_keeps_large_blocks_in_the_heap():
