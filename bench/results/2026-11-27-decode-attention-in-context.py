@@ -3,7 +3,8 @@
 # weights, the model as Translator prepares it), and one lever tried for it:
 #  1. every F.scaled_dot_product_attention call of 4 greedy batches timed where it runs, by kind
 #     (encoder, decoder self-attention, cross-attention), µs a call, against the same cross-attention
-#     call alone at its shape (keys as the cache holds them, hot in the CPU caches);
+#     call alone at its shape (keys as the cache holds them), hot in the CPU caches and cold (64 MB of
+#     other memory written before each call);
 #  2. cross-attention over length groups: the batch sorted by source length (longest first) and each
 #     decoding step's cross-attention run on 4 groups of 16 rows, each over its own longest source only
 #     (padding keys not read), against one call over the padded batch; whole decodes of the sorted
@@ -52,6 +53,17 @@ in_context = {kind: {"calls": len(t), "us_per_call": round(sum(t) / len(t) * 1e6
 c = last_cross
 with torch.inference_mode():
     alone = per_call_us(lambda: sdpa(c["q"], c["k"], c["v"], attn_mask=c["mask"]), calls=100)
+    # the same call with cold caches: 64 MB of other memory written before each call (a decoding
+    # step reads about 40 MB of weights and caches between two calls of one layer)
+    other = torch.zeros(16 << 20)
+    cold = []
+    for _ in range(100):
+        other.add_(1.0)
+        start = time.perf_counter()
+        sdpa(c["q"], c["k"], c["v"], attn_mask=c["mask"])
+        cold.append(time.perf_counter() - start)
+    alone_cold = sorted(cold)[50] * 1e6
+    del other
 cross_shape = {"q": list(c["q"].shape), "keys": c["k"].size(2)}
 
 # 2: cross-attention over length groups of the sorted batch
@@ -94,7 +106,8 @@ print(json.dumps({
     "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" \t:"),
     "torch": torch.__version__, "threads": torch.get_num_threads(), "load_at_start": LOAD_AT_START,
     "greedy_attention_in_context": in_context,
-    "last_cross_attention_call_alone_us": round(alone, 1), "last_cross_attention_shape": cross_shape,
+    "last_cross_attention_call_alone_us": round(alone, 1),
+    "last_cross_attention_call_alone_cold_caches_us": round(alone_cold, 1), "last_cross_attention_shape": cross_shape,
     "length_groups": {"groups": GROUPS, "ms_per_batch": ms, "same_tokens": same,
                       "speedup_median_of_pairs": {k: round(sorted(a / b for a, b in zip(v["one_call"], v["length_groups"]))[2], 3)
                                                   for k, v in ms.items()}},
