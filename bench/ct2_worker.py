@@ -29,11 +29,12 @@ COMPUTE_TYPES = ("float32", "int8")
 ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m bench.ct2_worker` from here
 
 
-def serve(model_dir: str, threads: int, suppress: list[list[str]]) -> None:
+def serve(model_dir: str, threads: int, suppress: list[list[str]], replicas: int = 1) -> None:
     """Worker loop on stdin/stdout (pickled messages): load the translators, answer ("ready",
     version) or ("error", message), then answer each ("translate", compute, batches, beams, n,
     keep) with ("ok", seconds, hypotheses or None) or ("error", message), until ("close",) or
-    the end of input."""
+    the end of input. With replicas > 1 (inter_threads) the batches are decoded side by side,
+    each whole by one replica, as our decoding workers do."""
     # Replies go out on a private copy of stdout; fd 1 then points at stderr, so that anything
     # the libraries print cannot corrupt the pickled stream.
     requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
@@ -47,7 +48,7 @@ def serve(model_dir: str, threads: int, suppress: list[list[str]]) -> None:
         import ctranslate2
 
         translators = {compute: ctranslate2.Translator(model_dir, device="cpu", compute_type=compute,
-                                                       inter_threads=1, intra_threads=threads)
+                                                       inter_threads=replicas, intra_threads=threads)
                        for compute in COMPUTE_TYPES}
     except Exception as e:
         reply("error", f"{type(e).__name__}: {e}")
@@ -65,7 +66,10 @@ def serve(model_dir: str, threads: int, suppress: list[list[str]]) -> None:
             start = time.perf_counter()
             results = [translators[compute].translate_batch(
                 tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0, min_decoding_length=n,
-                max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress) for tokens in batches]
+                max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress, asynchronous=replicas > 1)
+                for tokens in batches]
+            if replicas > 1:  # every batch was queued at once; wait for all of them
+                results = [[r.result() for r in batch] for batch in results]
             seconds = time.perf_counter() - start
         except Exception as e:  # the parent raises it with this message; the worker stays usable
             reply("error", f"{type(e).__name__}: {e}")
@@ -78,10 +82,13 @@ class CT2Worker:
     in fp32 and int8 by `python -m bench.ct2_worker` in a process of its own (a plain
     subprocess, not multiprocessing: its spawn would import the bench, and with it torch, into
     the worker). `suppress` lists token sequences ruled out at every step (bench.run forbids PAD
-    and BOS, as our decoding does). Use it as a context manager, or call close()."""
+    and BOS, as our decoding does); `replicas` copies of `threads` threads each decode whole
+    batches side by side (CTranslate2's inter_threads and intra_threads). Use it as a context
+    manager, or call close()."""
 
-    def __init__(self, model_dir: str, threads: int, suppress: list[list[str]]):
-        args = json.dumps({"model_dir": str(model_dir), "threads": threads, "suppress": suppress})
+    def __init__(self, model_dir: str, threads: int, suppress: list[list[str]], replicas: int = 1):
+        args = json.dumps({"model_dir": str(model_dir), "threads": threads, "suppress": suppress,
+                           "replicas": replicas})
         self.process = subprocess.Popen([sys.executable, "-m", "bench.ct2_worker", args], cwd=ROOT,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
@@ -92,7 +99,7 @@ class CT2Worker:
         if status != "ready":
             self.close()
             raise RuntimeError(f"CTranslate2 worker could not load {model_dir}: {detail}")
-        self.version, self.threads = detail, threads
+        self.version, self.threads, self.replicas = detail, threads, replicas
 
     def translate(self, compute: str, batches: list[list[list[str]]], beams: int, n: int,
                   keep: bool = False) -> tuple[float, list | None]:

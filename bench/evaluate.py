@@ -38,25 +38,27 @@ MAX_BLEU_DROP = 0.3  # validation BLEU a quantization may lose against fp32
 TARGET_TEST_BEAM4 = 240.0  # sentences/s of evaluate on test2016 with beam 4 (the speed issue)
 
 
-def one_run(ckpt: str, data: str, split: str, beam: int | None, quantize: str | None) -> dict:
+def one_run(ckpt: str, data: str, split: str, beam: int | None, quantize: str | None,
+            workers: int | None = None) -> dict:
     """evaluate's metrics.json for one split and precision (its printed lines are swallowed)."""
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
-        evaluate(ckpt, data, out, split=split, beam=beam, quantize=quantize)
+        evaluate(ckpt, data, out, split=split, beam=beam, quantize=quantize, workers=workers)
         return json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))
 
 
-def run(ckpt: str, data: str, beam: int | None, repeats: int, splits: tuple[str, ...]) -> dict:
+def run(ckpt: str, data: str, beam: int | None, repeats: int, splits: tuple[str, ...],
+        workers: int | None = None) -> dict:
     variants = [None, *QUANTIZE]
     found: dict = {}
     for quantize in variants:  # warm-up: file caches, allocator, kernel selection and packing
-        one_run(ckpt, data, splits[0], beam, quantize)
+        one_run(ckpt, data, splits[0], beam, quantize, workers)
     for _ in range(repeats):
         for split in splits:
             for quantize in variants:
-                m = one_run(ckpt, data, split, beam, quantize)
+                m = one_run(ckpt, data, split, beam, quantize, workers)
                 entry = found.setdefault(split, {}).setdefault(quantize or "fp32", {
                     "bleu": m["bleu"], "chrf": m["chrf"], "n": m["n"], "beam": m["beam"],
-                    "length_penalty": m["length_penalty"], "sentences_per_s": []})
+                    "length_penalty": m["length_penalty"], "workers": m["workers"], "sentences_per_s": []})
                 if entry["bleu"] != m["bleu"]:
                     raise AssertionError(f"{split} {quantize}: BLEU {m['bleu']} then {entry['bleu']} (not deterministic)")
                 entry["sentences_per_s"].append(m["sentences_per_sec"])
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--splits", nargs="+", default=["validation", "test"], help="splits to translate")
     p.add_argument("--beam", type=int, default=4, help="beam size (0: the checkpoint's own decoding.beam)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per split and precision")
+    p.add_argument("--workers", type=int, default=0,
+                   help="evaluate's --workers (default 0: evaluate's own default, one per CPU thread)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<commit>-evaluate.json)")
     args = p.parse_args(argv)
     load = os.getloadavg()[0]
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ckpt": args.ckpt, "data": args.data, "commit": git_commit(), "cpu": cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg_1min_at_start": round(load, 2),
         "max_validation_bleu_drop": MAX_BLEU_DROP, "target_test_beam4_sentences_per_s": TARGET_TEST_BEAM4,
-        **run(args.ckpt, args.data, args.beam or None, args.repeats, tuple(args.splits)),
+        **run(args.ckpt, args.data, args.beam or None, args.repeats, tuple(args.splits), args.workers or None),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     write_result(result, args.out, "-evaluate", evaluate_table(result))

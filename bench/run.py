@@ -94,10 +94,13 @@ from pipeline.model import Transformer, TransformerConfig
 from pipeline.provenance import cpu_name, git_commit
 from pipeline.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, train_tokenizer
 from pipeline.translator import inference_model
+from pipeline.workers import default_workers, fork_map
 
 # Each row compares ours with one peer: MarianMT (training and decoding) or CTranslate2 (decoding).
 PEERS = {"train_fp32": "marian", "train_bf16": "marian", "train_recipe": "marian", "epoch_real_tokens": "marian",
-         "epoch_same_batches": "marian", "greedy": "marian", "beam4": "marian", "ct2_greedy": "ctranslate2",
+         "epoch_same_batches": "marian", "greedy": "marian", "beam4": "marian", "greedy_one_process": "marian",
+         "beam4_one_process": "marian", "greedy_marian_workers": "marian_workers",
+         "beam4_marian_workers": "marian_workers", "ct2_greedy": "ctranslate2",
          "ct2_beam4": "ctranslate2", "ct2_int8_beam4": "ctranslate2", "greedy_bf16": "marian", "beam4_bf16": "marian"}
 FIGURES = tuple(PEERS)
 UNITS = {f: "real tokens/s" if f.startswith(("train", "epoch")) else "sentences/s" for f in FIGURES}
@@ -140,7 +143,8 @@ class Settings:
     threads: int = 0  # 0: torch's default
     settle_s: float = 0.3  # pause before each timed call (idle threads of the previous one stop spinning)
     device: str = "cpu"  # cuda: every model and batch on the GPU, CUDA-synchronised timers, no CTranslate2/int8 rows
-    ct2_threads: int = 0  # CTranslate2 intra_threads (inter_threads 1); 0: as many as torch uses
+    ct2_threads: int = 0  # CTranslate2 threads in all (inter_threads = our decoding workers); 0: as many as torch uses
+    decode_workers: int = 0  # processes decoding our batches side by side (pipeline.workers); 0: as Translator picks
     seed: int = 0
 
 
@@ -150,7 +154,7 @@ QUICK = dict(train_pairs=10000, train_batches=1, repeats=3, epoch_pairs=512, epo
 # --tiny (tests only): toy sizes that exercise every code path in seconds; the numbers mean nothing.
 TINY = dict(tokenizer_pairs=1500, train_pairs=1500, vocab_size=600, d_model=32, n_heads=2, layers=1, d_ff=64,
             train_batch_sentences=8, train_batch_len=12, train_batches=1, epoch_pairs=48, bucket_max_tokens=256,
-            marian_batch_size=16, decode_batch=8, decode_batches=1, max_new_tokens=4, repeats=1, epoch_repeats=2,
+            marian_batch_size=16, decode_batch=8, decode_batches=2, max_new_tokens=4, repeats=1, epoch_repeats=2,
             matmul_size=128, settle_s=0.0)
 
 
@@ -278,17 +282,18 @@ def marian_generate(model, src: torch.Tensor, beams: int, n: int) -> torch.Tenso
                           max_new_tokens=n, min_new_tokens=n, length_penalty=1.0, use_cache=True)
 
 
-def ct2_worker(model: Transformer, tokenizer, threads: int) -> CT2Worker:
+def ct2_worker(model: Transformer, tokenizer, threads: int, replicas: int = 1) -> CT2Worker:
     """Our model converted by pipeline.export.export_ctranslate2 and loaded by CTranslate2 in fp32
-    and int8 (quantized at load, compute_type="int8"), each on `threads` threads, in a worker
-    process of its own (bench.ct2_worker says why)."""
+    and int8 (quantized at load, compute_type="int8"), each as `replicas` replicas (inter_threads,
+    decoding batches side by side) of `threads` threads (intra_threads), in a worker process of its
+    own (bench.ct2_worker says why)."""
     checkpoint = Checkpoint(model=model, tokenizer=tokenizer, languages=("de", "en"), decoding=DecodingConfig(),
                             hparams={}, path=Path("bench"))
     with tempfile.TemporaryDirectory() as tmp:  # the worker holds the model in memory once loaded
         # The converter imports ctranslate2 too: convert in a short-lived process of its own.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as converter:
             converter.submit(export_ctranslate2, checkpoint, tmp, True).result()
-        return CT2Worker(tmp, threads, suppress=[[SPECIAL_TOKENS[PAD]], [SPECIAL_TOKENS[BOS]]])
+        return CT2Worker(tmp, threads, suppress=[[SPECIAL_TOKENS[PAD]], [SPECIAL_TOKENS[BOS]]], replicas=replicas)
 
 
 def ct2_tokens(src: torch.Tensor, vocab: list[str]) -> list[list[str]]:
@@ -614,16 +619,19 @@ def run(s: Settings) -> dict:
     del recipe_sides, ours_recipe, marian_recipe
     peak_mem["train_recipe"] = peak_rss_mb()
 
+    workers = s.decode_workers or default_workers(s.device)
     ct2_threads = s.ct2_threads or torch.get_num_threads()
+    ct2_inter = min(workers, ct2_threads)  # CTranslate2 split as ours: one replica per worker
     log(f"decoding: {len(sources)} batches of {s.decode_batch} validation sentences, "
-        f"{s.max_new_tokens} new tokens each" + ("" if gpu else f"; CTranslate2 on {ct2_threads} threads"))
+        f"{s.max_new_tokens} new tokens each; ours in {workers} worker process(es)"
+        + ("" if gpu else f"; CTranslate2 on {ct2_inter} x {ct2_threads // ct2_inter} threads"))
     for side in sides.values():
         side.model.eval()
     fixed = FixedLength(inference_model(ours_model))  # as Translator decodes
     # On a GPU: no int8 (torch's dynamic quantization is CPU-only) and no CTranslate2 rows (its
     # PyPI wheel is built for one CUDA major version; the CPU bench compares with it).
     fixed_int8 = None if gpu else FixedLength(inference_model(ours_model, "int8"))
-    ct2 = None if gpu else ct2_worker(ours_model, dm.tokenizer, ct2_threads)
+    ct2 = None if gpu else ct2_worker(ours_model, dm.tokenizer, ct2_threads // ct2_inter, ct2_inter)
     try:  # the worker process ends however this part ends
         # The exported token list: CTranslate2's token i is our id i.
         vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
@@ -655,17 +663,27 @@ def run(s: Settings) -> dict:
         fixed_n = DecodingConfig(max_len_ratio=0.0, max_len_extra=s.max_new_tokens)
         n = s.max_new_tokens
 
-        def ours_fn(beams, model=fixed):
-            return lambda: [generate(model, src, fixed_n, beam=beams) for src in sources]
+        # Numpy ids in and tokens out, in one process or in `workers` (pipeline.workers), as Translator decodes.
+        source_ids = [src.cpu().numpy() for src in sources]
 
-        def marian_fn(beams, model=marian):
-            return lambda: [marian_generate(model, src, beams, n) for src in sources]
+        def ours_fn(beams, model=fixed, workers=workers):
+            def decode(src):
+                return generate(model, torch.from_numpy(src).to(s.device), fixed_n, beam=beams).tokens.cpu().numpy()
+            return lambda: list(fork_map(decode, source_ids, workers))
+
+        def marian_fn(beams, model=marian, workers=1):
+            def decode(src):
+                return marian_generate(model, torch.from_numpy(src).to(s.device), beams, n).cpu().numpy()
+            return lambda: list(fork_map(decode, source_ids, workers))
 
         def ct2_fn(compute, beams):
             return lambda: MeasuredElsewhere(ct2.translate(compute, ct2_sources, beams, n)[0])
 
         greedy_fns = {"ours": ours_fn(1), "marian": marian_fn(1)}
         beam_fns = {"ours": ours_fn(4), "marian": marian_fn(4)}
+        if workers > 1:  # what the workers bring, and Marian given them too
+            greedy_fns.update(ours_one_process=ours_fn(1, workers=1), marian_workers=marian_fn(1, workers=workers))
+            beam_fns.update(ours_one_process=ours_fn(4, workers=1), marian_workers=marian_fn(4, workers=workers))
         if ct2 is not None:
             greedy_fns["ct2"] = ct2_fn("float32", 1)
             beam_fns.update(ct2=ct2_fn("float32", 4), ours_int8=ours_fn(4, fixed_int8), ct2_int8=ct2_fn("int8", 4))
@@ -673,6 +691,10 @@ def run(s: Settings) -> dict:
         rows["greedy"] = row("greedy", greedy["ours"], greedy["marian"])
         beam = rates(n_sentences, interleaved(beam_fns, s.repeats, settle_s=s.settle_s))
         rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
+        if workers > 1:
+            for name, r in (("greedy", greedy), ("beam4", beam)):
+                rows[f"{name}_one_process"] = row(f"{name}_one_process", r["ours_one_process"], r["marian"])
+                rows[f"{name}_marian_workers"] = row(f"{name}_marian_workers", r["ours"], r["marian_workers"])
     finally:
         if ct2 is not None:
             ct2.close()
@@ -736,8 +758,9 @@ def run(s: Settings) -> dict:
                                             "marian": {"layout": "post-norm",
                                                        "attn_implementation": marian.config._attn_implementation}},
                      "recipe": recipe,
-                     "ctranslate2": None if gpu else {"version": ct2.version, "intra_threads": ct2_threads,
-                                                      "inter_threads": 1, "compute_types": list(COMPUTE_TYPES),
+                     "decode_workers_used": workers,
+                     "ctranslate2": None if gpu else {"version": ct2.version, "intra_threads": ct2_threads // ct2_inter,
+                                                      "inter_threads": ct2_inter, "compute_types": list(COMPUTE_TYPES),
                                                       "process": "its own (bench.ct2_worker)"},
                      "parameters": n_params, "train_batch_shapes": [list(b.src.shape) + [b.tgt_in.size(1)]
                                                                     for b in batches],
@@ -798,7 +821,8 @@ def table(result: dict) -> str:
                  + ", ".join(f"{k} {v:+.1f} MB" if v is not None else f"{k} n/a" for k, v in growth.items()))
     ct2 = result["settings"]["ctranslate2"]
     if ct2:
-        lines.append(f"CTranslate2 {ct2['version']} on {ct2['intra_threads']} threads; its greedy tokens equal ours "
+        lines.append(f"CTranslate2 {ct2['version']} on {ct2.get('inter_threads', 1)} x {ct2['intra_threads']} threads "
+                     f"(replicas x threads); its greedy tokens equal ours "
                      f"on {result['sanity']['ct2_greedy_rows_equal_ours']:.0%} of the rows checked")
     where = result["device"] if result.get("device", "cpu") != "cpu" else result["cpu"]
     lines.append(f"{result['threads']} threads, {where}, torch {result['torch']}, commit {result['commit']}, "
@@ -819,12 +843,17 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--recipe", default=Settings.recipe,
                    help="config whose training settings train_recipe times (default %(default)s)")
     p.add_argument("--ct2-threads", type=int, default=0,
-                   help="CTranslate2 intra_threads (default: as many as torch uses)")
+                   help="CTranslate2 threads in all, split into as many replicas as we have workers "
+                        "(default: as many as torch uses)")
+    p.add_argument("--decode-workers", type=int, default=0,
+                   help="processes decoding our batches side by side (default: as Translator picks, one per "
+                        "thread on the CPU)")
     p.add_argument("--repeats", type=int, help="timed repeats of the train and decode figures (default 5, quick 3)")
     p.add_argument("--epoch-repeats", type=int, help="timed epochs per side (default 3, quick 2)")
     p.add_argument("--epoch-pairs", type=int, help="training pairs in the epoch-equivalent (default all, quick 512)")
     args = p.parse_args(argv)
     s = Settings(data=args.data, recipe=args.recipe, threads=args.threads, ct2_threads=args.ct2_threads,
+                 decode_workers=args.decode_workers,
                  device=args.device)
     if args.quick:
         s = replace(s, **QUICK)

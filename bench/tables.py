@@ -52,10 +52,11 @@ def data_table(result: dict) -> str:
 
 
 def evaluate_table(result: dict) -> str:
-    lines = ["| split | decoding | beam | BLEU | chrF | sentences/s: median (min–max) |", "|---|---|---|---|---|---|"]
+    lines = ["| split | decoding | beam | workers | BLEU | chrF | sentences/s: median (min–max) |",
+             "|---|---|---|---|---|---|---|"]
     for split, entries in result["splits"].items():
         for name, e in entries.items():
-            lines.append(f"| {split} | {name} | {e['beam']} | {e['bleu']:.2f} | {e['chrf']:.2f} | "
+            lines.append(f"| {split} | {name} | {e['beam']} | {e.get('workers', 1)} | {e['bleu']:.2f} | {e['chrf']:.2f} | "
                          f"{e['sentences_per_s']:,.1f} ({e['spread']['min']:,.1f}–{e['spread']['max']:,.1f}) |")
     return "\n".join(lines)
 

@@ -38,7 +38,7 @@ def finalize(run: str) -> None:
 
 def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str | None = None,
              beam: int | None = None, length_penalty: float | None = None, batch_size: int = 128,
-             max_tokens: int = 8192, quantize: str | None = None) -> None:
+             max_tokens: int = 8192, quantize: str | None = None, workers: int | None = None) -> None:
     """Translate a dataset split and score it with sacreBLEU (BLEU, chrF); writes
     OUT/metrics.json and OUT/hypotheses.txt.
 
@@ -54,13 +54,16 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         batch_size: sentences per batch.
         max_tokens: source tokens per batch.
         quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16 (README, Speed).
+        workers: processes decoding batches side by side, one thread each (default: one per CPU
+            thread; 1 on a GPU).
     """
     from pipeline.data import load_split, single_split
     from pipeline.metrics import corpus_scores
     from pipeline.translator import Translator
 
     translator = Translator.from_checkpoint(ckpt, beam=beam, length_penalty=length_penalty, device="auto",
-                                            batch_size=batch_size, max_tokens=max_tokens, quantize=quantize)
+                                            batch_size=batch_size, max_tokens=max_tokens, quantize=quantize,
+                                            workers=workers)
     src_lang, tgt_lang = translator.languages
     if single_split(data, src_lang, tgt_lang):
         split = None  # a file, prefix or pattern is its own split
@@ -78,6 +81,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         "chrf_signature": scores["chrf_signature"], "bleu_lowercase": round(lower["bleu"], 2),
         "n": len(hyps), "data": data, "split": split, "src_lang": src_lang, "tgt_lang": tgt_lang,
         "beam": decoding.beam, "length_penalty": decoding.length_penalty, "quantize": quantize, "ckpt": ckpt,
+        "workers": translator.workers,
         "truncated": translator.truncated, "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(hyps) / seconds, 1),
     }
@@ -91,7 +95,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
 
 
 def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch_size: int = 128,
-              show_beams: bool = False, quantize: str | None = None) -> None:
+              show_beams: bool = False, quantize: str | None = None, workers: int | None = None) -> None:
     """Translate sentences from stdin (one a line; a prompt when stdin is a terminal) or --text.
 
     Args:
@@ -101,11 +105,14 @@ def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch
         batch_size: sentences per batch.
         show_beams: print every beam hypothesis as 'score<TAB>text' (best first), then a blank line.
         quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16.
+        workers: processes decoding batches side by side, one thread each (default: one per CPU
+            thread; 1 on a GPU); used for inputs of many lines.
     """
     from pipeline.data import read_lines
     from pipeline.translator import Translator
 
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size, quantize=quantize)
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size, quantize=quantize,
+                                            workers=workers)
 
     def show(lines: list[str]) -> None:
         if not show_beams:

@@ -30,6 +30,7 @@ from pipeline.checkpoints import Checkpoint, load_checkpoint
 from pipeline.decoding import generate
 from pipeline.errors import UserError
 from pipeline.tokenizer import MAX_SOURCE_TOKENS, decode, encode_sources
+from pipeline.workers import can_fork, default_workers, fork_map
 
 
 QUANTIZE = ("int8", "bf16")  # values of --quantize
@@ -361,14 +362,32 @@ class Translator:
         max_tokens: source tokens per batch (sentences × longest).
         batch_size: sentences per batch.
         quantize: "int8" (CPU) or "bf16": decode in lower precision (see `inference_model`).
+        workers: processes that decode batches side by side, each on one thread (pipeline.workers
+            says why); None: one per CPU thread torch uses, 1 on a GPU. `translate` uses them when
+            every worker gets at least MIN_SENTENCES_PER_WORKER sentences.
     """
 
+    # Below this many sentences a worker, starting the workers (35-45 ms with the bench's model) costs
+    # more than they save.
+    MIN_SENTENCES_PER_WORKER = 16
+
     def __init__(self, checkpoint: Checkpoint, beam: int | None = None, length_penalty: float | None = None,
-                 max_tokens: int = 8192, batch_size: int = 128, quantize: Literal["int8", "bf16"] | None = None):
+                 max_tokens: int = 8192, batch_size: int = 128, quantize: Literal["int8", "bf16"] | None = None,
+                 workers: int | None = None):
         beam = checkpoint.decoding.beam if beam is None else beam
-        for name, value in (("beam", beam), ("max_tokens", max_tokens), ("batch_size", batch_size)):
+        device = next(checkpoint.model.parameters()).device
+        workers = default_workers(device) if workers is None else workers
+        for name, value in (("beam", beam), ("max_tokens", max_tokens), ("batch_size", batch_size),
+                            ("workers", workers)):
             if value < 1:
                 raise UserError(f"--{name} must be >= 1, got {value}")
+        if workers > 1 and device.type != "cpu":
+            raise UserError(f"--workers {workers}: decoding workers run on the CPU only (the model is on "
+                            f"{device.type}); drop --workers")
+        if workers > 1 and not can_fork():
+            raise UserError(f"--workers {workers}: decoding workers are forked processes, which need Linux; "
+                            "drop --workers")
+        self.workers = workers
         self.checkpoint = checkpoint
         self.decoding = replace(checkpoint.decoding, beam=beam,
                                 **({} if length_penalty is None else {"length_penalty": length_penalty}))
@@ -438,22 +457,30 @@ class Translator:
 
     @torch.inference_mode()
     def translate(self, sentences: list[str]) -> list[str]:
-        """One translation per sentence, in order."""
+        """One translation per sentence, in order: length-sorted batches, decoded by the
+        workers side by side when there are enough sentences for each."""
         out = [""] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         ids = dict(zip(todo, self.source_ids([sentences[i] for i in todo])))
         todo.sort(key=lambda i: len(ids[i]))
-        start = 0
+        workers = min(self.workers, len(todo) // self.MIN_SENTENCES_PER_WORKER) or 1
+        # At least one batch per worker: smaller batches when the sentences are few.
+        batch_size = min(self.batch_size, -(-len(todo) // workers)) if todo else 1
+        chunks, start = [], 0
         while start < len(todo):
             # The longest sentence of a batch is its last; grow while the budget allows.
             end = start + 1
-            while (end < len(todo) and end - start < self.batch_size
+            while (end < len(todo) and end - start < batch_size
                    and (end - start + 1) * len(ids[todo[end]]) <= self.max_tokens):
                 end += 1
-            chunk = todo[start:end]
-            src = pad([ids[i] for i in chunk]).to(self.device)
-            hyps = decode(self.tokenizer, generate(self.model, src, self.decoding).tokens[:, 0].tolist())
-            for i, h in zip(chunk, hyps):
-                out[i] = h
+            chunks.append(todo[start:end])
             start = end
+
+        def best_tokens(src) -> list[list[int]]:  # (B, S) numpy ids: what travels to a worker
+            return generate(self.model, torch.from_numpy(src).to(self.device), self.decoding).tokens[:, 0].tolist()
+
+        sources = (pad([ids[i] for i in chunk]).numpy() for chunk in chunks)
+        for chunk, tokens in zip(chunks, fork_map(best_tokens, sources, workers)):
+            for i, h in zip(chunk, decode(self.tokenizer, tokens)):
+                out[i] = h
         return out
