@@ -443,7 +443,9 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, beam: int | None
     from pipeline.plotting import hangul_font_path
     from pipeline.translator import Translator
 
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", quantize=quantize)
+    # One process: forking decoding workers for every micro-batch would add their start-up to each
+    # request's latency; under load the micro-batches grow instead (see Concurrency above).
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", quantize=quantize, workers=1)
     app = create_app(translator, max_batch, max_wait_ms, font=hangul_font_path())
     bound = sock.getsockname()
     url_host = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

@@ -1,12 +1,13 @@
 """Decode independent batches in parallel: one forked process per CPU thread, each single-threaded.
 
-Why processes and not torch's threads: a decoding step of this model is a few dozen small
-operators (products of 64-256 rows by 256 columns, attention for one query), and on the CPU
-they do not split well over threads: a product of 64 x 256 by 256 x 256 ran 1.25x faster on
-two threads than on one, where large products run 1.9x faster; Python's dispatch and the
-search loop (about 1 ms a step) do not split at all. Two single-threaded processes, each
-decoding its own batches, have none of that to share (bench/results/2026-11-27-decode-workers.json).
-Threads in one process do not do it either: they wait on each other for Python's lock.
+Why: a decoding step of this model is a few dozen small operators (products of 64-256 rows by
+256 columns, attention for one query, layer norms, the search's bookkeeping, about 1 ms of
+Python and dispatch). torch splits each operator over its threads, which pays for the products
+(1.7-2.0x on two threads) but not for the rest; processes that each decode whole batches on one
+thread run all of it side by side. On 2 cores, the bench's batches decoded 1.14x (greedy) and
+1.13x (beam 4) as fast in two workers as in one process on two threads, with the same tokens;
+Python threads in one process, one torch thread each, gained 0.99x and 1.09x: they wait on each
+other for Python's lock (bench/results/2026-11-27-decode-workers.{py,json}).
 CTranslate2 offers the same choice as `inter_threads` (replicas) against `intra_threads`.
 
     for tokens in fork_map(lambda src: generate(model, src, config).tokens, batches, workers=2):
