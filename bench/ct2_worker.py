@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 COMPUTE_TYPES = ("float32", "int8")
+REPLICATED = "float32-replicas"  # fp32 as `replicas` replicas of threads // replicas threads each
 ROOT = Path(__file__).resolve().parent.parent  # the worker runs `-m bench.ct2_worker` from here
 
 
@@ -33,8 +34,9 @@ def serve(model_dir: str, threads: int, suppress: list[list[str]], replicas: int
     """Worker loop on stdin/stdout (pickled messages): load the translators, answer ("ready",
     version) or ("error", message), then answer each ("translate", compute, batches, beams, n,
     keep) with ("ok", seconds, hypotheses or None) or ("error", message), until ("close",) or
-    the end of input. With replicas > 1 (inter_threads) the batches are decoded side by side,
-    each whole by one replica, as our decoding workers do."""
+    the end of input. With replicas > 1 one more fp32 translator, REPLICATED, has `replicas`
+    replicas (inter_threads) of threads // replicas threads each: its batches are queued at once
+    and decoded side by side, each whole by one replica, as our decoding workers do."""
     # Replies go out on a private copy of stdout; fd 1 then points at stderr, so that anything
     # the libraries print cannot corrupt the pickled stream.
     requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
@@ -48,8 +50,12 @@ def serve(model_dir: str, threads: int, suppress: list[list[str]], replicas: int
         import ctranslate2
 
         translators = {compute: ctranslate2.Translator(model_dir, device="cpu", compute_type=compute,
-                                                       inter_threads=replicas, intra_threads=threads)
+                                                       inter_threads=1, intra_threads=threads)
                        for compute in COMPUTE_TYPES}
+        if replicas > 1:
+            translators[REPLICATED] = ctranslate2.Translator(model_dir, device="cpu", compute_type="float32",
+                                                             inter_threads=replicas,
+                                                             intra_threads=max(1, threads // replicas))
     except Exception as e:
         reply("error", f"{type(e).__name__}: {e}")
         return
@@ -64,11 +70,12 @@ def serve(model_dir: str, threads: int, suppress: list[list[str]], replicas: int
         try:
             _, compute, batches, beams, n, keep = message
             start = time.perf_counter()
+            queued = compute == REPLICATED
             results = [translators[compute].translate_batch(
                 tokens, beam_size=beams, num_hypotheses=1, length_penalty=1.0, min_decoding_length=n,
-                max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress, asynchronous=replicas > 1)
+                max_decoding_length=n, max_batch_size=0, suppress_sequences=suppress, asynchronous=queued)
                 for tokens in batches]
-            if replicas > 1:  # every batch was queued at once; wait for all of them
+            if queued:  # every batch was queued at once; wait for all of them
                 results = [[r.result() for r in batch] for batch in results]
             seconds = time.perf_counter() - start
         except Exception as e:  # the parent raises it with this message; the worker stays usable
@@ -82,9 +89,9 @@ class CT2Worker:
     in fp32 and int8 by `python -m bench.ct2_worker` in a process of its own (a plain
     subprocess, not multiprocessing: its spawn would import the bench, and with it torch, into
     the worker). `suppress` lists token sequences ruled out at every step (bench.run forbids PAD
-    and BOS, as our decoding does); `replicas` copies of `threads` threads each decode whole
-    batches side by side (CTranslate2's inter_threads and intra_threads). Use it as a context
-    manager, or call close()."""
+    and BOS, as our decoding does); with replicas > 1 it also loads REPLICATED: fp32 as
+    `replicas` replicas (inter_threads) of threads // replicas threads (intra_threads), decoding
+    whole batches side by side. Use it as a context manager, or call close()."""
 
     def __init__(self, model_dir: str, threads: int, suppress: list[list[str]], replicas: int = 1):
         args = json.dumps({"model_dir": str(model_dir), "threads": threads, "suppress": suppress,

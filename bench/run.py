@@ -37,6 +37,10 @@ contestants alternate within every repeat so that drifting background load hits 
                           and every hypothesis runs exactly max_new_tokens=30 steps: ours =
                           pipeline.decoding with the KV cache and EOS logits set to -inf,
                           Marian = generate(min_new_tokens=max_new_tokens=30, do_sample=False).
+                          Both in the bench's process, on torch's threads.
+  greedy_workers,         the same with each batch decoded whole by one of the decoding workers
+  beam4_workers           (pipeline.workers: forked single-threaded processes, one per thread,
+                          as `evaluate`/`translate` use them), ours and Marian alike.
   ct2_greedy, ct2_beam4,  the same batches decoded by CTranslate2 from our weights (exported by
   ct2_int8_beam4          pipeline.export.export_ctranslate2), fp32 and int8 (compute_type at
                           load), min_decoding_length = max_decoding_length = 30; our figure is
@@ -44,6 +48,8 @@ contestants alternate within every repeat so that drifting background load hits 
                           ct2_int8_beam4 our int8 decoding (`--quantize int8`). CTranslate2
                           runs in a process of its own (bench.ct2_worker: loaded into ours it
                           slowed our decoding 1.31x) and times its own calls.
+  ct2_beam4_workers       ours as in beam4_workers against CTranslate2 fp32 beam 4 as one replica
+                          per worker (inter_threads), the threads shared out (intra_threads).
   greedy_bf16, beam4_bf16 greedy and beam 4 with weights and activations in bfloat16 on both sides
                           (ours: `--quantize bf16`; Marian: the model cast with .to(bfloat16)).
 Our decoding runs the model as `Translator` prepares it (pipeline.translator.inference_model:
@@ -80,7 +86,7 @@ from torch.utils.data import DataLoader
 
 import yaml
 
-from bench.ct2_worker import COMPUTE_TYPES, CT2Worker
+from bench.ct2_worker import COMPUTE_TYPES, REPLICATED, CT2Worker
 from bench.report import write_result
 from pipeline.batching import Batch, TokenBucketSampler, collate, padding_efficiency
 from pipeline.checkpoints import Checkpoint
@@ -98,10 +104,10 @@ from pipeline.workers import default_workers, fork_map
 
 # Each row compares ours with one peer: MarianMT (training and decoding) or CTranslate2 (decoding).
 PEERS = {"train_fp32": "marian", "train_bf16": "marian", "train_recipe": "marian", "epoch_real_tokens": "marian",
-         "epoch_same_batches": "marian", "greedy": "marian", "beam4": "marian", "greedy_one_process": "marian",
-         "beam4_one_process": "marian", "greedy_marian_workers": "marian_workers",
-         "beam4_marian_workers": "marian_workers", "ct2_greedy": "ctranslate2",
-         "ct2_beam4": "ctranslate2", "ct2_int8_beam4": "ctranslate2", "greedy_bf16": "marian", "beam4_bf16": "marian"}
+         "epoch_same_batches": "marian", "greedy": "marian", "beam4": "marian", "greedy_workers": "marian",
+         "beam4_workers": "marian", "ct2_greedy": "ctranslate2", "ct2_beam4": "ctranslate2",
+         "ct2_int8_beam4": "ctranslate2", "ct2_beam4_workers": "ctranslate2", "greedy_bf16": "marian",
+         "beam4_bf16": "marian"}
 FIGURES = tuple(PEERS)
 UNITS = {f: "real tokens/s" if f.startswith(("train", "epoch")) else "sentences/s" for f in FIGURES}
 # The speed issue's targets: ours / peer for the rows that have one; padding efficiency and the
@@ -143,8 +149,8 @@ class Settings:
     threads: int = 0  # 0: torch's default
     settle_s: float = 0.3  # pause before each timed call (idle threads of the previous one stop spinning)
     device: str = "cpu"  # cuda: every model and batch on the GPU, CUDA-synchronised timers, no CTranslate2/int8 rows
-    ct2_threads: int = 0  # CTranslate2 threads in all (inter_threads = our decoding workers); 0: as many as torch uses
-    decode_workers: int = 0  # processes decoding our batches side by side (pipeline.workers); 0: as Translator picks
+    ct2_threads: int = 0  # CTranslate2 intra_threads (inter_threads 1); 0: as many as torch uses
+    decode_workers: int = 0  # the *_workers rows: processes decoding side by side (pipeline.workers); 0: as Translator picks
     seed: int = 0
 
 
@@ -284,9 +290,9 @@ def marian_generate(model, src: torch.Tensor, beams: int, n: int) -> torch.Tenso
 
 def ct2_worker(model: Transformer, tokenizer, threads: int, replicas: int = 1) -> CT2Worker:
     """Our model converted by pipeline.export.export_ctranslate2 and loaded by CTranslate2 in fp32
-    and int8 (quantized at load, compute_type="int8"), each as `replicas` replicas (inter_threads,
-    decoding batches side by side) of `threads` threads (intra_threads), in a worker process of its
-    own (bench.ct2_worker says why)."""
+    and int8 (quantized at load, compute_type="int8"), each on `threads` threads, and with
+    replicas > 1 in fp32 as that many replicas sharing the threads (ct2_worker.REPLICATED), in a
+    worker process of its own (bench.ct2_worker says why)."""
     checkpoint = Checkpoint(model=model, tokenizer=tokenizer, languages=("de", "en"), decoding=DecodingConfig(),
                             hparams={}, path=Path("bench"))
     with tempfile.TemporaryDirectory() as tmp:  # the worker holds the model in memory once loaded
@@ -619,19 +625,24 @@ def run(s: Settings) -> dict:
     del recipe_sides, ours_recipe, marian_recipe
     peak_mem["train_recipe"] = peak_rss_mb()
 
-    workers = s.decode_workers or default_workers(s.device)
+    # The *_workers rows: each batch decoded whole by one of `workers` forked single-threaded
+    # processes (at most one per batch), ours and Marian's; CTranslate2 as as many replicas.
+    workers = min(s.decode_workers or default_workers(s.device), len(sources))
+    if gpu and workers > 1:
+        raise SystemExit("--decode-workers: decoding workers are CPU processes (a forked child cannot use CUDA)")
     ct2_threads = s.ct2_threads or torch.get_num_threads()
-    ct2_inter = min(workers, ct2_threads)  # CTranslate2 split as ours: one replica per worker
+    replicas = workers  # as many as our workers, whatever the threads (as ours)
     log(f"decoding: {len(sources)} batches of {s.decode_batch} validation sentences, "
-        f"{s.max_new_tokens} new tokens each; ours in {workers} worker process(es)"
-        + ("" if gpu else f"; CTranslate2 on {ct2_inter} x {ct2_threads // ct2_inter} threads"))
+        f"{s.max_new_tokens} new tokens each; the *_workers rows in {workers} worker processes"
+        + ("" if gpu else f"; CTranslate2 on {ct2_threads} threads (ct2_beam4_workers: {replicas} replicas of "
+                          f"{max(1, ct2_threads // replicas)})"))
     for side in sides.values():
         side.model.eval()
     fixed = FixedLength(inference_model(ours_model))  # as Translator decodes
     # On a GPU: no int8 (torch's dynamic quantization is CPU-only) and no CTranslate2 rows (its
     # PyPI wheel is built for one CUDA major version; the CPU bench compares with it).
     fixed_int8 = None if gpu else FixedLength(inference_model(ours_model, "int8"))
-    ct2 = None if gpu else ct2_worker(ours_model, dm.tokenizer, ct2_threads // ct2_inter, ct2_inter)
+    ct2 = None if gpu else ct2_worker(ours_model, dm.tokenizer, ct2_threads, replicas)
     try:  # the worker process ends however this part ends
         # The exported token list: CTranslate2's token i is our id i.
         vocab = vocabulary(Checkpoint(ours_model, dm.tokenizer, ("de", "en"), DecodingConfig(), {}, Path("bench")))
@@ -666,7 +677,7 @@ def run(s: Settings) -> dict:
         # Numpy ids in and tokens out, in one process or in `workers` (pipeline.workers), as Translator decodes.
         source_ids = [src.cpu().numpy() for src in sources]
 
-        def ours_fn(beams, model=fixed, workers=workers):
+        def ours_fn(beams, model=fixed, workers=1):
             def decode(src):
                 return generate(model, torch.from_numpy(src).to(s.device), fixed_n, beam=beams).tokens.cpu().numpy()
             return lambda: list(fork_map(decode, source_ids, workers))
@@ -681,9 +692,11 @@ def run(s: Settings) -> dict:
 
         greedy_fns = {"ours": ours_fn(1), "marian": marian_fn(1)}
         beam_fns = {"ours": ours_fn(4), "marian": marian_fn(4)}
-        if workers > 1:  # what the workers bring, and Marian given them too
-            greedy_fns.update(ours_one_process=ours_fn(1, workers=1), marian_workers=marian_fn(1, workers=workers))
-            beam_fns.update(ours_one_process=ours_fn(4, workers=1), marian_workers=marian_fn(4, workers=workers))
+        if workers > 1:  # both sides in the same workers
+            greedy_fns.update(ours_workers=ours_fn(1, workers=workers), marian_workers=marian_fn(1, workers=workers))
+            beam_fns.update(ours_workers=ours_fn(4, workers=workers), marian_workers=marian_fn(4, workers=workers))
+            if ct2 is not None:
+                beam_fns["ct2_workers"] = ct2_fn(REPLICATED, 4)
         if ct2 is not None:
             greedy_fns["ct2"] = ct2_fn("float32", 1)
             beam_fns.update(ct2=ct2_fn("float32", 4), ours_int8=ours_fn(4, fixed_int8), ct2_int8=ct2_fn("int8", 4))
@@ -692,9 +705,8 @@ def run(s: Settings) -> dict:
         beam = rates(n_sentences, interleaved(beam_fns, s.repeats, settle_s=s.settle_s))
         rows["beam4"] = row("beam4", beam["ours"], beam["marian"])
         if workers > 1:
-            for name, r in (("greedy", greedy), ("beam4", beam)):
-                rows[f"{name}_one_process"] = row(f"{name}_one_process", r["ours_one_process"], r["marian"])
-                rows[f"{name}_marian_workers"] = row(f"{name}_marian_workers", r["ours"], r["marian_workers"])
+            rows["greedy_workers"] = row("greedy_workers", greedy["ours_workers"], greedy["marian_workers"])
+            rows["beam4_workers"] = row("beam4_workers", beam["ours_workers"], beam["marian_workers"])
     finally:
         if ct2 is not None:
             ct2.close()
@@ -702,6 +714,8 @@ def run(s: Settings) -> dict:
         rows["ct2_greedy"] = row("ct2_greedy", greedy["ours"], greedy["ct2"])
         rows["ct2_beam4"] = row("ct2_beam4", beam["ours"], beam["ct2"])
         rows["ct2_int8_beam4"] = row("ct2_int8_beam4", beam["ours_int8"], beam["ct2_int8"])
+        if workers > 1:
+            rows["ct2_beam4_workers"] = row("ct2_beam4_workers", beam["ours_workers"], beam["ct2_workers"])
     fixed_bf16 = FixedLength(inference_model(ours_model, "bf16"))
     marian_bf16 = copy.deepcopy(marian).to(torch.bfloat16)
     half = rates(n_sentences, interleaved({
@@ -759,8 +773,11 @@ def run(s: Settings) -> dict:
                                                        "attn_implementation": marian.config._attn_implementation}},
                      "recipe": recipe,
                      "decode_workers_used": workers,
-                     "ctranslate2": None if gpu else {"version": ct2.version, "intra_threads": ct2_threads // ct2_inter,
-                                                      "inter_threads": ct2_inter, "compute_types": list(COMPUTE_TYPES),
+                     "ctranslate2": None if gpu else {"version": ct2.version, "intra_threads": ct2_threads,
+                                                      "inter_threads": 1, "compute_types": list(COMPUTE_TYPES),
+                                                      "workers_row": {"inter_threads": replicas,
+                                                                      "intra_threads": max(1, ct2_threads // replicas)}
+                                                      if workers > 1 else None,
                                                       "process": "its own (bench.ct2_worker)"},
                      "parameters": n_params, "train_batch_shapes": [list(b.src.shape) + [b.tgt_in.size(1)]
                                                                     for b in batches],
@@ -821,8 +838,12 @@ def table(result: dict) -> str:
                  + ", ".join(f"{k} {v:+.1f} MB" if v is not None else f"{k} n/a" for k, v in growth.items()))
     ct2 = result["settings"]["ctranslate2"]
     if ct2:
-        lines.append(f"CTranslate2 {ct2['version']} on {ct2.get('inter_threads', 1)} x {ct2['intra_threads']} threads "
-                     f"(replicas x threads); its greedy tokens equal ours "
+        replicated = ct2.get("workers_row")
+        lines.append(f"CTranslate2 {ct2['version']} on {ct2['intra_threads']} threads"
+                     + (f" (ct2_beam4_workers: {replicated['inter_threads']} replicas of {replicated['intra_threads']})"
+                        if replicated else "")
+                     + f"; the *_workers rows decode in {result['settings'].get('decode_workers_used', 1)} worker "
+                     f"processes; its greedy tokens equal ours "
                      f"on {result['sanity']['ct2_greedy_rows_equal_ours']:.0%} of the rows checked")
     where = result["device"] if result.get("device", "cpu") != "cpu" else result["cpu"]
     lines.append(f"{result['threads']} threads, {where}, torch {result['torch']}, commit {result['commit']}, "
@@ -843,11 +864,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--recipe", default=Settings.recipe,
                    help="config whose training settings train_recipe times (default %(default)s)")
     p.add_argument("--ct2-threads", type=int, default=0,
-                   help="CTranslate2 threads in all, split into as many replicas as we have workers "
-                        "(default: as many as torch uses)")
+                   help="CTranslate2 intra_threads (default: as many as torch uses; ct2_beam4_workers shares "
+                        "them out among its replicas)")
     p.add_argument("--decode-workers", type=int, default=0,
-                   help="processes decoding our batches side by side (default: as Translator picks, one per "
-                        "thread on the CPU)")
+                   help="processes of the *_workers rows (default: as Translator picks, one per thread on the "
+                        "CPU; at most one per batch; 1 leaves those rows out)")
     p.add_argument("--repeats", type=int, help="timed repeats of the train and decode figures (default 5, quick 3)")
     p.add_argument("--epoch-repeats", type=int, help="timed epochs per side (default 3, quick 2)")
     p.add_argument("--epoch-pairs", type=int, help="training pairs in the epoch-equivalent (default all, quick 512)")

@@ -55,7 +55,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         max_tokens: source tokens per batch.
         quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16 (README, Speed).
         workers: processes decoding batches side by side, one thread each (default: one per CPU
-            thread; 1 on a GPU).
+            thread; 1 on a GPU); the translations are the same.
     """
     from pipeline.data import load_split, single_split
     from pipeline.metrics import corpus_scores
@@ -81,7 +81,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         "chrf_signature": scores["chrf_signature"], "bleu_lowercase": round(lower["bleu"], 2),
         "n": len(hyps), "data": data, "split": split, "src_lang": src_lang, "tgt_lang": tgt_lang,
         "beam": decoding.beam, "length_penalty": decoding.length_penalty, "quantize": quantize, "ckpt": ckpt,
-        "workers": translator.workers,
+        "workers": translator.workers_used,
         "truncated": translator.truncated, "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(hyps) / seconds, 1),
     }

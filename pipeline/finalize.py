@@ -46,6 +46,9 @@ class FinalConfig:
 
 def score(translator: Translator, pairs) -> dict:
     """BLEU, chrF and signature of a translator on a split's pairs (columns src, tgt)."""
+    # In this process: `fit` finalizes inside its own process, beside Lightning's, W&B's and
+    # perhaps DDP's threads, which forked decoding workers (pipeline.workers) are better kept from.
+    translator.workers = 1
     scores = corpus_scores(translator.translate(pairs["src"]), pairs["tgt"])
     return {"bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["bleu_signature"]}
 

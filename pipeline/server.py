@@ -25,6 +25,7 @@ FastAPI reads the request models from the endpoint annotations, and they are loc
 
 import asyncio
 import concurrent.futures
+import copy
 import functools
 import io
 import itertools
@@ -246,6 +247,11 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException
 
+    # Decoding in this process: forking decoding workers (pipeline.workers) from the model thread
+    # for every micro-batch would add their start-up to each request's latency and fork a
+    # process full of server threads; under load the micro-batches grow instead (Concurrency above).
+    translator = copy.copy(translator)
+    translator.workers = 1
     worker = BatchWorker(translator, max_batch, max_wait_ms)
     commit = git_commit() if commit is None else commit
     src_lang, tgt_lang = translator.languages
@@ -443,9 +449,7 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, beam: int | None
     from pipeline.plotting import hangul_font_path
     from pipeline.translator import Translator
 
-    # One process: forking decoding workers for every micro-batch would add their start-up to each
-    # request's latency; under load the micro-batches grow instead (see Concurrency above).
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", quantize=quantize, workers=1)
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", quantize=quantize)
     app = create_app(translator, max_batch, max_wait_ms, font=hangul_font_path())
     bound = sock.getsockname()
     url_host = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import functools
@@ -362,14 +363,11 @@ class Translator:
         max_tokens: source tokens per batch (sentences × longest).
         batch_size: sentences per batch.
         quantize: "int8" (CPU) or "bf16": decode in lower precision (see `inference_model`).
-        workers: processes that decode batches side by side, each on one thread (pipeline.workers
-            says why); None: one per CPU thread torch uses, 1 on a GPU. `translate` uses them when
-            every worker gets at least MIN_SENTENCES_PER_WORKER sentences.
+        workers: processes that decode `translate`'s batches side by side, each on one thread
+            (pipeline.workers says why); None: one per CPU thread torch uses, 1 on a GPU. The
+            batches are the same whatever the count (so are the translations; a call with one
+            batch decodes here); `workers_used` says how many the last call used.
     """
-
-    # Below this many sentences a worker, starting the workers (35-45 ms with the bench's model) costs
-    # more than they save.
-    MIN_SENTENCES_PER_WORKER = 16
 
     def __init__(self, checkpoint: Checkpoint, beam: int | None = None, length_penalty: float | None = None,
                  max_tokens: int = 8192, batch_size: int = 128, quantize: Literal["int8", "bf16"] | None = None,
@@ -387,7 +385,7 @@ class Translator:
         if workers > 1 and not can_fork():
             raise UserError(f"--workers {workers}: decoding workers are forked processes, which need Linux; "
                             "drop --workers")
-        self.workers = workers
+        self.workers, self.workers_used = workers, 1
         self.checkpoint = checkpoint
         self.decoding = replace(checkpoint.decoding, beam=beam,
                                 **({} if length_penalty is None else {"length_penalty": length_penalty}))
@@ -457,30 +455,36 @@ class Translator:
 
     @torch.inference_mode()
     def translate(self, sentences: list[str]) -> list[str]:
-        """One translation per sentence, in order: length-sorted batches, decoded by the
-        workers side by side when there are enough sentences for each."""
+        """One translation per sentence, in order: length-sorted batches, decoded side by side
+        by the workers when there are several."""
         out = [""] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         ids = dict(zip(todo, self.source_ids([sentences[i] for i in todo])))
         todo.sort(key=lambda i: len(ids[i]))
-        workers = min(self.workers, len(todo) // self.MIN_SENTENCES_PER_WORKER) or 1
-        # At least one batch per worker: smaller batches when the sentences are few.
-        batch_size = min(self.batch_size, -(-len(todo) // workers)) if todo else 1
         chunks, start = [], 0
         while start < len(todo):
             # The longest sentence of a batch is its last; grow while the budget allows.
             end = start + 1
-            while (end < len(todo) and end - start < batch_size
+            while (end < len(todo) and end - start < self.batch_size
                    and (end - start + 1) * len(ids[todo[end]]) <= self.max_tokens):
                 end += 1
             chunks.append(todo[start:end])
             start = end
-
-        def best_tokens(src) -> list[list[int]]:  # (B, S) numpy ids: what travels to a worker
-            return generate(self.model, torch.from_numpy(src).to(self.device), self.decoding).tokens[:, 0].tolist()
-
-        sources = (pad([ids[i] for i in chunk]).numpy() for chunk in chunks)
-        for chunk, tokens in zip(chunks, fork_map(best_tokens, sources, workers)):
-            for i, h in zip(chunk, decode(self.tokenizer, tokens)):
-                out[i] = h
+        chunks.reverse()  # longest first: no worker is left with the longest batch at the end
+        sources = [pad([ids[i] for i in chunk]).numpy() for chunk in chunks]
+        self.workers_used = min(self.workers, len(chunks)) or 1
+        if self.workers_used > 1:
+            # One sentence decoded here first packs the weights this decoding reads (PackedLinear,
+            # ArgmaxHead: at their first call), so that the workers share them instead of each
+            # packing its own copy in every call.
+            self._best_tokens(sources[-1][:1])
+        # closing: an error or Ctrl-C here stops the workers at once (pipeline.workers.fork_map)
+        with contextlib.closing(fork_map(self._best_tokens, sources, self.workers_used)) as results:
+            for chunk, tokens in zip(chunks, results, strict=True):
+                for i, h in zip(chunk, decode(self.tokenizer, tokens)):
+                    out[i] = h
         return out
+
+    def _best_tokens(self, src) -> list[list[int]]:
+        """(B, S) numpy source ids (what travels to a worker) -> the best hypothesis' ids per row."""
+        return generate(self.model, torch.from_numpy(src).to(self.device), self.decoding).tokens[:, 0].tolist()

@@ -21,12 +21,12 @@ from helpers import ROOT, make_model
 from pipeline.batching import Batch
 from pipeline.decoding import beam_search, greedy_decode
 from pipeline.tokenizer import BOS, EOS, PAD, UNK
-from pipeline.workers import default_workers
 
 
 def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
     out = tmp_path / "bench.json"
-    bench.main(["--tiny", "--data", str(multi30k_dir), "--out", str(out)])
+    # Two decoding workers whatever the threads (the tests run on one): every row is made.
+    bench.main(["--tiny", "--data", str(multi30k_dir), "--out", str(out), "--decode-workers", "2"])
     result = json.loads(out.read_text(encoding="utf-8"))
     for key in ("commit", "torch", "threads", "cpu", "date", "settings", "padding_efficiency",
                 "peak_matmul_gflops", "rows"):
@@ -35,17 +35,14 @@ def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
     assert result["torch"] == torch.__version__
     assert isinstance(result["threads"], int) and result["threads"] >= 1
     assert result["settings"]["vocab_size"] == bench.TINY["vocab_size"]
-    workers = result["settings"]["decode_workers_used"]
-    assert workers == default_workers("cpu")  # as Translator picks
-    with_workers = ["greedy_one_process", "beam4_one_process", "greedy_marian_workers", "beam4_marian_workers"]
+    assert result["settings"]["decode_workers_used"] == 2
     assert [r["figure"] for r in result["rows"]] == [
         "train_fp32", "train_bf16", "train_recipe", "epoch_real_tokens", "epoch_same_batches", "greedy", "beam4",
-        *(with_workers if workers > 1 else []),
-        "ct2_greedy", "ct2_beam4", "ct2_int8_beam4", "greedy_bf16", "beam4_bf16"]
+        "greedy_workers", "beam4_workers", "ct2_greedy", "ct2_beam4", "ct2_int8_beam4", "ct2_beam4_workers",
+        "greedy_bf16", "beam4_bf16"]
     rows = {r["figure"]: r for r in result["rows"]}
     for r in result["rows"]:
-        peer = ("ctranslate2" if r["figure"].startswith("ct2_") else
-                "marian_workers" if r["figure"].endswith("_marian_workers") else "marian")
+        peer = "ctranslate2" if r["figure"].startswith("ct2_") else "marian"
         assert r["peer"] == peer
         assert set(r) == {"figure", "unit", "peer", "ours", peer, "ratio", "repeats", "spread"}
         assert r["unit"] in ("real tokens/s", "sentences/s")
@@ -62,11 +59,12 @@ def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
     assert rows["epoch_same_batches"]["spread"]["ours"] == rows["epoch_real_tokens"]["spread"]["ours"]
     assert rows["ct2_greedy"]["spread"]["ours"] == rows["greedy"]["spread"]["ours"]
     assert rows["ct2_beam4"]["spread"]["ours"] == rows["beam4"]["spread"]["ours"]
-    if workers > 1:  # ours in its workers against Marian in the same workers; ours in one process apart
-        for name in ("greedy", "beam4"):
-            assert rows[f"{name}_marian_workers"]["spread"]["ours"] == rows[name]["spread"]["ours"]
-            assert rows[f"{name}_one_process"]["spread"]["marian"] == rows[name]["spread"]["marian"]
-            assert rows[f"{name}_one_process"]["spread"]["ours"] != rows[name]["spread"]["ours"]
+    # The workers rows time both sides again, in the workers; CTranslate2's replicas beside ours in them.
+    for name in ("greedy", "beam4"):
+        for side in ("ours", "marian"):
+            assert rows[f"{name}_workers"]["spread"][side] != rows[name]["spread"][side]
+    assert rows["ct2_beam4_workers"]["spread"]["ours"] == rows["beam4_workers"]["spread"]["ours"]
+    assert rows["ct2_beam4_workers"]["spread"]["ctranslate2"] != rows["ct2_beam4"]["spread"]["ctranslate2"]
     # ...but the int8 and bf16 rows time our quantized decoding, in runs of their own.
     assert rows["ct2_int8_beam4"]["spread"]["ours"] != rows["beam4"]["spread"]["ours"]
     assert rows["beam4_bf16"]["spread"]["ours"] != rows["beam4"]["spread"]["ours"]
@@ -81,9 +79,9 @@ def test_tiny_bench_writes_every_figure(tmp_path, multi30k_dir):
     if recipe["trainer"].get("precision") is not None:
         assert timed["precision"] == recipe["trainer"]["precision"]
     ct2 = result["settings"]["ctranslate2"]
-    # CTranslate2 split as ours: one replica per worker, the threads shared out
-    assert ct2["inter_threads"] == min(workers, result["threads"])
-    assert ct2["inter_threads"] * ct2["intra_threads"] == result["threads"]
+    assert ct2["inter_threads"] == 1 and ct2["intra_threads"] == result["threads"]
+    assert ct2["workers_row"] == {"inter_threads": 2,
+                                  "intra_threads": max(1, result["threads"] // 2)}
     for name in ("ours", "ours_recipe_max_tokens", "marian"):
         assert 0 < result["padding_efficiency"][name] <= 1
     assert result["padding_efficiency"]["ours"] > result["padding_efficiency"]["marian"]
@@ -262,7 +260,7 @@ def test_evaluate_bench_scores_every_precision(tmp_path, ckpt, tatoeba_dir):
 
     out = tmp_path / "evaluate.json"
     result = evaluate_bench.main(["--ckpt", str(ckpt), "--data", str(tatoeba_dir), "--beam", "2", "--repeats", "1",
-                                  "--out", str(out)])
+                                  "--workers", "2", "--out", str(out)])
     assert json.loads(out.read_text(encoding="utf-8")) == result
     assert set(result["splits"]) == {"validation", "test"}
     for split, n in (("validation", 300), ("test", 500)):
@@ -270,7 +268,7 @@ def test_evaluate_bench_scores_every_precision(tmp_path, ckpt, tatoeba_dir):
         assert set(entries) == {"fp32", "int8", "bf16"}
         for e in entries.values():
             assert e["n"] == n and e["beam"] == 2 and 0 <= e["bleu"] <= 100
-            assert e["workers"] == default_workers("cpu")  # evaluate's default, recorded
+            assert e["workers"] == 2  # as asked, and used: the splits have several batches
             assert 0 < e["spread"]["min"] <= e["sentences_per_s"] <= e["spread"]["max"]
     for name, verdict in result["quantization"].items():
         drop = round(result["splits"]["validation"]["fp32"]["bleu"] - result["splits"]["validation"][name]["bleu"], 2)

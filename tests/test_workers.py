@@ -1,5 +1,6 @@
 """Decoding workers: fork_map and Translator(workers=...)."""
 
+import contextlib
 import os
 import signal
 import time
@@ -12,7 +13,9 @@ from helpers import SEED, TATOEBA, read_jsonl, run_cli
 from pipeline import workers as workers_module
 from pipeline.errors import UserError
 from pipeline.translator import Translator
-from pipeline.workers import default_workers, fork_map
+from pipeline.workers import can_fork, default_workers, fork_map
+
+needs_fork = pytest.mark.skipif(not can_fork(), reason="decoding workers are forked processes: Linux only")
 
 
 def where_and_how(item):
@@ -20,13 +23,23 @@ def where_and_how(item):
     return item * 2, os.getpid(), torch.get_num_threads()
 
 
-def test_fork_map_keeps_order_and_runs_single_threaded_workers():
+@pytest.fixture
+def two_threads():
+    """The parent on two threads (the test session runs on one), so that the workers' one is theirs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_fork
+def test_fork_map_keeps_order_and_runs_single_threaded_workers(two_threads):
     parent = os.getpid()
     results = list(fork_map(where_and_how, range(12), workers=2))
     assert [r[0] for r in results] == [2 * i for i in range(12)]
     pids = {r[1] for r in results}
     assert parent not in pids and len(pids) == 2  # two processes, neither of them this one
-    assert {r[2] for r in results} == {1}
+    assert {r[2] for r in results} == {1} and torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("workers, items", [(1, range(5)), (4, range(1))])
@@ -41,8 +54,13 @@ def test_fork_map_runs_here_where_it_cannot_fork(monkeypatch):
     assert default_workers("cpu") == 1
 
 
-def test_default_workers_follow_the_threads_on_the_cpu_only():
-    assert default_workers("cpu") == torch.get_num_threads()
+@needs_fork
+def test_default_workers_follow_the_threads_on_the_cpu_only(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert default_workers("cpu") == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers("cpu") == 2  # no more than the CPUs this process may use
     assert default_workers("cuda") == 1
 
 
@@ -52,6 +70,7 @@ def fails_on_three(item):
     return item
 
 
+@needs_fork
 def test_a_workers_error_reaches_the_caller():
     with pytest.raises(ValueError, match="bad item 3"):
         list(fork_map(fails_on_three, range(6), workers=2))
@@ -63,37 +82,91 @@ def dies_on_two(item):
     return item
 
 
+@needs_fork
 def test_a_killed_worker_ends_the_call_instead_of_hanging():
     with pytest.raises(BrokenProcessPool):
         list(fork_map(dies_on_two, range(6), workers=2))
+
+
+def slow_pid(item):
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@needs_fork
+@pytest.mark.parametrize("how", ["close", "raise"])
+def test_leaving_early_stops_the_workers(how):
+    """Closing the iterator, or an error in the caller's loop, stops the workers at once: the
+    batches still queued are not run (10 left of 0.2 s each would take a second)."""
+    results = fork_map(slow_pid, range(12), workers=2)
+    pids = {next(results), next(results)}
+    start = time.perf_counter()
+    if how == "close":
+        results.close()
+    else:  # as Translator.translate consumes it
+        with pytest.raises(KeyError), contextlib.closing(results):
+            for _ in results:
+                raise KeyError("the caller's own error")
+    assert time.perf_counter() - start < 0.6
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+
+
+@needs_fork
+def test_concurrent_calls_run_their_own_functions():
+    """fork_map hands its function to the workers through a module global while it forks: two
+    threads calling it at once must each get their own function's results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(offset):
+        return list(fork_map(lambda x: x + offset, range(6), workers=2))
+
+    with ThreadPoolExecutor(2) as threads:
+        got = list(threads.map(call, (100, 200, 300, 400)))
+    assert got == [[offset + i for i in range(6)] for offset in (100, 200, 300, 400)]
 
 
 def many_sources(n: int = 40) -> list[str]:
     return [SEED[0]] + read_jsonl(TATOEBA / "validation.jsonl", ("ko",), n - 1)
 
 
-def test_translations_with_workers_equal_those_without(seed_run, monkeypatch):
+@needs_fork
+@pytest.mark.parametrize("beam, quantize", [(1, None), (3, None), (2, "int8")])
+def test_translations_with_workers_equal_those_without(seed_run, monkeypatch, beam, quantize, two_threads):
+    """The same batches whatever the workers (int8's per-batch activation scale included), so
+    the same translations; the workers only decode them side by side."""
     path, _ = seed_run
     calls = []
     real = workers_module.fork_map
 
     def spy(fn, items, workers):
         items = list(items)
-        calls.append((workers, len(items)))
+        calls.append((workers, [len(x) for x in items]))
         return real(fn, items, workers)
 
     monkeypatch.setattr("pipeline.translator.fork_map", spy)
-    sources = many_sources()
-    for beam in (1, 3):
-        alone = Translator.from_checkpoint(path, beam=beam, workers=1).translate(sources)
-        side_by_side = Translator.from_checkpoint(path, beam=beam, workers=2).translate(sources)
-        assert side_by_side == alone and side_by_side[0] == SEED[1]
-    # 40 sentences: 2 workers, so the 128-sentence batch size shrinks to 2 batches of 20
-    assert calls == [(1, 1), (2, 2)] * 2
-    # Too few sentences for two workers: decoded here in one batch.
-    calls.clear()
-    Translator.from_checkpoint(path, workers=2).translate(sources[:20])
-    assert calls == [(1, 1)]
+    sources = many_sources() + ["", "  "]
+    alone = Translator.from_checkpoint(path, beam=beam, batch_size=8, workers=1, quantize=quantize)
+    side_by_side = Translator.from_checkpoint(path, beam=beam, batch_size=8, workers=2, quantize=quantize)
+    one_process = alone.translate(sources)
+    assert side_by_side.translate(sources) == one_process
+    assert one_process[0] == SEED[1] and one_process[-2:] == ["", ""]
+    assert side_by_side.workers_used == 2 and alone.workers_used == 1
+    assert calls[0][0] == 1 and calls[1][0] == 2
+    assert calls[0][1] == calls[1][1] == [8] * 5  # the same batches (longest first)
+    # One batch: decoded here, whatever the workers.
+    side_by_side.translate(sources[:5])
+    assert calls[-1] == (1, [5]) and side_by_side.workers_used == 1
 
 
 @pytest.mark.parametrize("workers", [0, -1])
@@ -104,14 +177,16 @@ def test_bad_worker_counts_are_user_errors(seed_run, workers):
 
 def test_workers_without_fork_are_a_user_error(seed_run, monkeypatch):
     monkeypatch.setattr("pipeline.translator.can_fork", lambda: False)
+    monkeypatch.setattr("pipeline.translator.default_workers", lambda device: 1)
     with pytest.raises(UserError, match="need Linux"):
         Translator.from_checkpoint(seed_run[0], workers=2)
     assert Translator.from_checkpoint(seed_run[0]).workers == 1
 
 
+@needs_fork
 def test_translate_command_with_workers_prints_only_translations(seed_run):
     sources = many_sources()
-    args = ("translate", "--ckpt", str(seed_run[0]))
+    args = ("translate", "--ckpt", str(seed_run[0]), "--batch_size", "8")
     alone = run_cli(*args, "--workers", "1", input="\n".join(sources) + "\n")
     side_by_side = run_cli(*args, "--workers", "2", input="\n".join(sources) + "\n")
     assert side_by_side.stdout == alone.stdout and len(alone.stdout.splitlines()) == len(sources)
