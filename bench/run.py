@@ -553,6 +553,10 @@ def run(s: Settings) -> dict:
     gpu = s.device == "cuda"
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA GPU here (run without --device for the CPU bench)")
+    if gpu and s.decode_workers > 1:
+        raise SystemExit("--decode-workers: decoding workers are CPU processes (a forked child cannot use CUDA)")
+    if s.decode_workers < 0 or s.ct2_threads < 0:
+        raise SystemExit("--decode-workers and --ct2-threads must be >= 0 (0: the default)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     peak_mem = {}
@@ -628,14 +632,13 @@ def run(s: Settings) -> dict:
     # The *_workers rows: each batch decoded whole by one of `workers` forked single-threaded
     # processes (at most one per batch), ours and Marian's; CTranslate2 as as many replicas.
     workers = min(s.decode_workers or default_workers(s.device), len(sources))
-    if gpu and workers > 1:
-        raise SystemExit("--decode-workers: decoding workers are CPU processes (a forked child cannot use CUDA)")
     ct2_threads = s.ct2_threads or torch.get_num_threads()
     replicas = workers  # as many as our workers, whatever the threads (as ours)
     log(f"decoding: {len(sources)} batches of {s.decode_batch} validation sentences, "
-        f"{s.max_new_tokens} new tokens each; the *_workers rows in {workers} worker processes"
-        + ("" if gpu else f"; CTranslate2 on {ct2_threads} threads (ct2_beam4_workers: {replicas} replicas of "
-                          f"{max(1, ct2_threads // replicas)})"))
+        f"{s.max_new_tokens} new tokens each" + (f"; the *_workers rows in {workers} worker processes"
+                                                 if workers > 1 else "")
+        + ("" if gpu else f"; CTranslate2 on {ct2_threads} threads" + (
+            f" (ct2_beam4_workers: {replicas} replicas of {max(1, ct2_threads // replicas)})" if workers > 1 else "")))
     for side in sides.values():
         side.model.eval()
     fixed = FixedLength(inference_model(ours_model))  # as Translator decodes
@@ -842,8 +845,9 @@ def table(result: dict) -> str:
         lines.append(f"CTranslate2 {ct2['version']} on {ct2['intra_threads']} threads"
                      + (f" (ct2_beam4_workers: {replicated['inter_threads']} replicas of {replicated['intra_threads']})"
                         if replicated else "")
-                     + f"; the *_workers rows decode in {result['settings'].get('decode_workers_used', 1)} worker "
-                     f"processes; its greedy tokens equal ours "
+                     + (f"; the *_workers rows decode in {replicated['inter_threads']} worker processes"
+                        if replicated else "")
+                     + "; its greedy tokens equal ours "
                      f"on {result['sanity']['ct2_greedy_rows_equal_ours']:.0%} of the rows checked")
     where = result["device"] if result.get("device", "cpu") != "cpu" else result["cpu"]
     lines.append(f"{result['threads']} threads, {where}, torch {result['torch']}, commit {result['commit']}, "

@@ -474,9 +474,9 @@ class Translator:
         sources = [pad([ids[i] for i in chunk]).numpy() for chunk in chunks]
         self.workers_used = min(self.workers, len(chunks)) or 1
         if self.workers_used > 1:
-            # One sentence decoded here first packs the weights this decoding reads (PackedLinear,
-            # ArgmaxHead: at their first call), so that the workers share them instead of each
-            # packing its own copy in every call.
+            # One sentence decoded here first packs the weights this decoding reads (PackedLinear
+            # packs at its first call), so that the workers share them instead of each packing
+            # its own copy in every call.
             self._best_tokens(sources[-1][:1])
         # closing: an error or Ctrl-C here stops the workers at once (pipeline.workers.fork_map)
         with contextlib.closing(fork_map(self._best_tokens, sources, self.workers_used)) as results:

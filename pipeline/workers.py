@@ -39,6 +39,17 @@ import torch
 
 _TASK: Callable[[Any], Any] | None = None  # set just before forking: the workers inherit it
 _FORKING = threading.Lock()  # one fork_map at a time sets _TASK and forks (threads of one process)
+_PARENT: int | None = None  # the forking process, for the workers to check it is still there
+
+
+def _unlock_in_child() -> None:
+    # A child forked while _FORKING was held (a worker, or a process another thread forked)
+    # would otherwise inherit it locked, and its own fork_map would wait forever.
+    global _FORKING
+    _FORKING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 def can_fork() -> bool:
@@ -61,9 +72,12 @@ def _start_worker() -> None:
     # Ctrl-C reaches the whole process group: the parent stops the workers itself (fork_map),
     # so a worker must not die of it on its own, mid-batch and mid-message.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A parent that dies without stopping us (killed, out of memory) takes its workers along.
+    # A parent that dies without stopping us (killed, out of memory) takes its workers along,
+    # also if it died before this line.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != _PARENT:
+        os._exit(1)
 
 
 def _run(item: Any) -> Any:
@@ -94,23 +108,22 @@ def fork_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> It
     the workers stop when it ends, is closed, or Ctrl-C interrupts it, dropping unfinished
     items. A worker that dies (out of memory,
     killed) ends the call with concurrent.futures.process.BrokenProcessPool."""
-    global _TASK
+    global _TASK, _PARENT
     items = list(items)
     workers = min(workers, len(items))
     if workers < 2 or not can_fork():
         yield from map(fn, items)
         return
-    with _FORKING:
-        before, _TASK = _TASK, fn
-        try:
-            executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                           initializer=_start_worker)
-            with _tokenizers_quiet_at_fork():
-                results = executor.map(_run, items)  # the first submit forks every worker
-        finally:
-            _TASK = before
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker)
     finished = False
     try:
+        with _FORKING:
+            before, _TASK, _PARENT = _TASK, fn, os.getpid()
+            try:
+                with _tokenizers_quiet_at_fork():
+                    results = executor.map(_run, items)  # the first submit forks every worker
+            finally:
+                _TASK = before
         yield from results
         finished = True
     finally:
