@@ -106,7 +106,7 @@ def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch
         show_beams: print every beam hypothesis as 'score<TAB>text' (best first), then a blank line.
         quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16.
         workers: processes decoding batches side by side, one thread each (default: one per CPU
-            thread; 1 on a GPU); used for inputs of many lines.
+            thread; 1 on a GPU); used when the input makes more than one batch.
     """
     from pipeline.data import read_lines
     from pipeline.translator import Translator

@@ -46,9 +46,6 @@ class FinalConfig:
 
 def score(translator: Translator, pairs) -> dict:
     """BLEU, chrF and signature of a translator on a split's pairs (columns src, tgt)."""
-    # In this process: `fit` finalizes inside its own process, beside Lightning's, W&B's and
-    # perhaps DDP's threads, which forked decoding workers (pipeline.workers) are better kept from.
-    translator.workers = 1
     scores = corpus_scores(translator.translate(pairs["src"]), pairs["tgt"])
     return {"bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["bleu_signature"]}
 
@@ -71,15 +68,17 @@ def finalize(run_dir: str | Path, validation, test, config: FinalConfig | None =
         candidates[f"average of the last {k} epochs"] = path
     found = {}
     for name, path in candidates.items():
-        found[name] = score(Translator(load_checkpoint(path, "auto"), beam=1), validation)
+        # workers=1 here and below: `fit` finalizes in its own process, beside Lightning's, W&B's and
+        # perhaps DDP's threads, which forked decoding workers (pipeline.workers) are better kept from.
+        found[name] = score(Translator(load_checkpoint(path, "auto"), beam=1, workers=1), validation)
         log(f"final: {name}: validation BLEU {found[name]['bleu']:.2f} (greedy)")
     chosen = max(found, key=lambda n: found[n]["bleu"])  # ties: the first, best.ckpt
     checkpoint = load_checkpoint(candidates[chosen], "auto")
     grid = []
     for beam in config.beams:
         for alpha in (config.length_penalties if beam > 1 else [checkpoint.decoding.length_penalty]):
-            scores = found[chosen] if beam == 1 else score(Translator(checkpoint, beam=beam, length_penalty=alpha),
-                                                           validation)
+            scores = found[chosen] if beam == 1 else score(
+                Translator(checkpoint, beam=beam, length_penalty=alpha, workers=1), validation)
             grid.append({"beam": beam, "length_penalty": alpha, **scores})
             log(f"final: beam {beam}, length penalty {alpha}: validation BLEU {scores['bleu']:.2f}")
     best = max(grid, key=lambda g: g["bleu"])  # ties: the first (smaller beam)
@@ -94,7 +93,7 @@ def finalize(run_dir: str | Path, validation, test, config: FinalConfig | None =
     for path in candidates.values():
         if path.name.startswith("avg-last"):
             path.unlink()
-    test_scores = score(Translator.from_checkpoint(final), test) if test is not None else None
+    test_scores = score(Translator.from_checkpoint(final, workers=1), test) if test is not None else None
     results = {"validation": {k: best[k] for k in ("bleu", "chrf", "signature")}, "test": test_scores,
                "checkpoint": str(final), "chosen_from": chosen, "beam": decoding.beam,
                "length_penalty": decoding.length_penalty, "candidates": found, "grid": grid,

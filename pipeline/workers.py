@@ -49,7 +49,8 @@ def _unlock_in_child() -> None:
     _FORKING = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_unlock_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere nothing forks (can_fork)
+    os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 def can_fork() -> bool:
@@ -106,8 +107,8 @@ def fork_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> It
     not available). fn sees the parent's memory as it was when this call started. Consume the
     iterator to its end, or close it (contextlib.closing, where the caller's loop may raise):
     the workers stop when it ends, is closed, or Ctrl-C interrupts it, dropping unfinished
-    items. A worker that dies (out of memory,
-    killed) ends the call with concurrent.futures.process.BrokenProcessPool."""
+    items. A worker that dies (out of memory, killed) ends the call with
+    concurrent.futures.process.BrokenProcessPool."""
     global _TASK, _PARENT
     items = list(items)
     workers = min(workers, len(items))

@@ -15,7 +15,8 @@ from pipeline.errors import UserError
 from pipeline.translator import Translator
 from pipeline.workers import can_fork, default_workers, fork_map
 
-needs_fork = pytest.mark.skipif(not can_fork(), reason="decoding workers are forked processes: Linux only")
+needs_fork = pytest.mark.skipif(not can_fork(), reason="no fork here (Linux only): decoding workers run in-process "
+                                "off Linux, which test_fork_map_runs_here_where_it_cannot_fork checks")
 
 
 def where_and_how(item):
