@@ -42,7 +42,10 @@ class Packing:
     @classmethod
     def if_worthwhile(cls, real: Tensor) -> Packing | None:
         """A Packing of `real` (B, S) where a tenth or more of it is padding, else None: below
-        that, packing and unpacking cost more than the skipped rows save."""
+        that, packing and unpacking cost more than the skipped rows save. None under torch.compile:
+        the count and the positions depend on the data, which would break the compiled graph."""
+        if torch.compiler.is_compiling():
+            return None
         return cls(real) if 10 * int(real.sum()) <= 9 * real.numel() else None
 
     def pack(self, x: Tensor) -> Tensor:
