@@ -28,6 +28,7 @@ from pipeline.provenance import cpu_name, git_commit
 PROGRESS = re.compile(r"^epoch (?P<epoch>\d+) step (?P<step>\d+) \| train loss (?P<train_loss>\S+) \| "
                       r"val loss (?P<val_loss>\S+) \| val BLEU (?P<val_bleu>\S+) \| (?P<tokens>[\d,.]+|nan) tok/s \| "
                       r"elapsed (?:(?P<days>\d+) days?, )?(?P<elapsed>\d+:\d\d:\d\d)(?: \||$)")
+MEMORY = re.compile(r"\| memory (?P<gb>[\d.]+) GB")  # the process's resident memory, where printed
 
 
 def seconds(clock: str) -> int:
@@ -87,10 +88,23 @@ def log_curve(log: Path) -> tuple[list[dict], list[float], float]:
         epochs.append({"epoch": int(m["epoch"]), "step": step, "train_loss": float(m["train_loss"]),
                        "val_loss": float(m["val_loss"]), "val_bleu": float(m["val_bleu"]),
                        "elapsed_s": offset + clock})
+        if memory := MEMORY.search(text):
+            epochs[-1]["memory_gb"] = float(memory["gb"])
         speed.append(float(m["tokens"].replace(",", "")) if m["tokens"] != "nan" else None)
     if not epochs:
         raise SystemExit(f"no progress lines ('epoch N step M | ...') in {log}")
     return epochs, [x for x in speed if x is not None], float(epochs[-1]["elapsed_s"])
+
+
+def memory_summary(epochs: list[dict]) -> dict | None:
+    """The training process's resident memory at its validations (progress lines that print it):
+    first, last, min and max in GB, and the growth from the second validation to the last
+    (the first is before the allocator and kernel caches have settled), or None."""
+    gb = [e["memory_gb"] for e in epochs if "memory_gb" in e]
+    if not gb:
+        return None
+    return {"first": gb[0], "last": gb[-1], "min": min(gb), "max": max(gb),
+            "growth_after_first": round(gb[-1] - gb[min(1, len(gb) - 1)], 2), "validations": len(gb)}
 
 
 def curve(run: Path, log: Path | None = None) -> dict:
@@ -103,6 +117,7 @@ def curve(run: Path, log: Path | None = None) -> dict:
         "best_val_bleu": max((e["val_bleu"] for e in epochs if e["val_bleu"] == e["val_bleu"]), default=None),
         "train_tokens_per_s_median": round(statistics.median(speed), 1) if speed else None,
         "wall_time_s": round(wall, 1),
+        "memory_gb": memory_summary(epochs),
         "final": json.loads(results.read_text(encoding="utf-8")) if results.is_file() else None,
         "precision": config["trainer"].get("precision"),
         "model": config.get("model"), "train": config.get("train"), "decoding": config.get("decoding"),

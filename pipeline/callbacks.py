@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import time
 from datetime import timedelta
 
@@ -23,12 +24,14 @@ class ProgressLog(L.Callback):
     where a run stands:
 
         epoch 3 step 748 | train loss 3.210 | val loss 2.905 | val BLEU 20.39 | 5,120 tok/s |
-        elapsed 0:10:31 | remaining ~1:35:12
+        elapsed 0:10:31 | remaining ~1:35:12 | memory 4.21 GB
     The remaining time is the sooner of trainer.max_time and the steps left (to max_epochs or
     max_steps) at this process's mean time per step, validation included (steps, not epochs: a
     run resumed mid-epoch has done part of its first one). Elapsed is the training time the
     Timer of trainer.max_time counts, which a resumed run restores from its checkpoint (so the
     line goes on where the cut run left off), or the time since training started without one.
+    Memory is this process's resident set (Linux; left out elsewhere), so a long run's log
+    shows whether it stays flat (bench.curve records it per epoch).
     """
 
     def __init__(self):
@@ -59,7 +62,20 @@ class ProgressLog(L.Callback):
                 f"{value('train/tokens_per_sec'):,.0f} tok/s | elapsed {_clock(elapsed)}")
         if left:
             line += f" | remaining ~{_clock(min(left))}"
+        rss = resident_gb()
+        if rss is not None:
+            line += f" | memory {rss:.2f} GB"
         print(line, flush=True)
+
+
+def resident_gb() -> float | None:
+    """This process's resident memory in GB (10⁹ bytes) from /proc (Linux), else None."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
 class ReleaseFreedMemory(L.Callback):

@@ -400,3 +400,17 @@ def test_learning_curve_of_a_log_with_resumptions(tmp_path, lines, want):
     assert [(e["epoch"], e["elapsed_s"]) for e in epochs] == want
     assert [e["val_bleu"] for e in epochs] == [1.0 + e["step"] for e in epochs]
     assert wall == want[-1][1] and speed == [1000.0] * len(want)
+
+
+def test_learning_curve_records_the_memory_the_progress_lines_print(tmp_path):
+    from bench import curve
+
+    grown = [2.5, 4.25, 4.5, 4.75]
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(progress_line(i, 10 * (i + 1), 1.0, 100 * (i + 1)) + (f" | memory {gb:.2f} GB" if gb else "")
+                             for i, gb in enumerate(grown + [None])) + "\n", encoding="utf-8")
+    epochs, _, _ = curve.log_curve(log)
+    assert [e.get("memory_gb") for e in epochs] == grown + [None]  # an older line without it: none
+    assert curve.memory_summary(epochs) == {"first": 2.5, "last": 4.75, "min": 2.5, "max": 4.75,
+                                            "growth_after_first": 0.5, "validations": 4}
+    assert curve.memory_summary(epochs[-1:]) is None

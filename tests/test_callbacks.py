@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,6 +82,11 @@ def test_progress_line_after_each_validation(capsys):
     line = capsys.readouterr().out
     assert line.startswith("epoch 1 step 40 | train loss 3.250 | val loss 2.500 | val BLEU 20.39 | 5,120 tok/s")
     assert "elapsed 0:01:40" in line and "remaining ~0:02:3" in line and line.count("\n") == 1
+    if sys.platform.startswith("linux"):  # this process's resident memory, as ps reports it
+        printed = float(re.search(r"\| memory ([\d.]+) GB$", line.strip())[1])
+        with open(f"/proc/{os.getpid()}/status") as status:
+            vm_rss_kb = int(next(x for x in status if x.startswith("VmRSS:")).split()[1])
+        assert abs(printed - vm_rss_kb * 1024 / 1e9) < 0.05
     trainer.sanity_checking = True
     callback.on_validation_end(trainer, None)
     assert capsys.readouterr().out == ""
