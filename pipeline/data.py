@@ -244,16 +244,6 @@ def _to_pairs(ds: datasets.Dataset, src_lang: str, tgt_lang: str, where: str) ->
                   remove_columns=ds.column_names, desc="pairs", new_fingerprint=fingerprint)
 
 
-def read_lines(path: str) -> list[str]:
-    """Lines of a UTF-8 text file, or a clear error if it is not UTF-8."""
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"input file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t UTF-8") from None
-
-
 # -- resident memory of memory-mapped files --------------------------------------------------------
 _MADV_DONTNEED = 4
 _libc = None

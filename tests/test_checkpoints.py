@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import SEED
-from pipeline.checkpoints import (FORMAT, AtomicCheckpointIO, average_checkpoints, load_checkpoint, read_checkpoint,
+from pipeline.checkpoints import (FORMAT, average_checkpoints, load_checkpoint, read_checkpoint, save_atomically,
                                   save_checkpoint, upgrade_hparams)
 from pipeline.decoding import DecodingConfig
 from pipeline.errors import UserError
@@ -71,8 +71,7 @@ def test_truncated_checkpoint_is_detected(ckpt, tmp_path):
 
 def test_atomic_save_keeps_old_checkpoint_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1}, path)
+    save_atomically({"step": 1}, path)
 
     def crash(obj, f):
         f.write(b"partial")
@@ -80,7 +79,7 @@ def test_atomic_save_keeps_old_checkpoint_when_writing_fails(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": 2}, path)
+        save_atomically({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
 

@@ -2,10 +2,12 @@
 dispatch and help, old spellings still accepted, and clear errors for bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
-from helpers import DATA, run_cli, smoke_fit
+from helpers import DATA, ROOT, run_cli, smoke_fit
 
 from pipeline.cli import COMMANDS
 
@@ -289,3 +291,30 @@ def test_evaluate_reads_other_formats_without_a_split(smoke_run, tmp_path):
         assert metrics["n"] == 2 and metrics["split"] is None
         outputs.append((out / "hypotheses.txt").read_text(encoding="utf-8"))
     assert outputs[0] == outputs[1]
+
+
+def test_read_lines(tmp_path):
+    from pipeline.commands import read_lines
+    from pipeline.errors import UserError
+
+    good = tmp_path / "in.txt"
+    good.write_text("Ein Hund.\n안녕하세요\n", encoding="utf-8")
+    assert read_lines(str(good)) == ["Ein Hund.", "안녕하세요"]
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("Grüße\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_lines(str(latin))
+    with pytest.raises(UserError, match="not found"):
+        read_lines(str(tmp_path / "nope.txt"))
+
+
+
+def test_translate_starts_without_lightning_or_datasets(ckpt):
+    """`translate` (and `serve`, which loads checkpoints the same way) imports neither Lightning
+    nor `datasets`: about 4 s of start-up that decoding does not use."""
+    code = ("import sys; from pipeline.cli import main; main(sys.argv[1:]); "
+            "print(sorted(m for m in ('lightning', 'datasets', 'pytorch_lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "translate", "--ckpt", str(ckpt), "--text", "Ein Hund."],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -13,7 +13,7 @@ import pytest
 from helpers import FIXTURES, jsonl_rows
 
 from pipeline import data as data_module
-from pipeline.data import load_split, read_lines, single_split
+from pipeline.data import load_split, single_split
 from pipeline.errors import UserError
 
 FORMATS = FIXTURES / "formats"
@@ -270,15 +270,3 @@ def test_empty_files(tmp_path, name):
 def test_tsv_row_with_a_stray_tab(tmp_path):
     (tmp_path / "bad.tsv").write_text("de\ten\nHallo\tHello\nzu\tviele\tSpalten\n", encoding="utf-8")
     assert "cannot load data" in one_line_error(str(tmp_path / "bad.tsv"), None, "de", "en")
-
-
-def test_read_lines(tmp_path):
-    good = tmp_path / "in.txt"
-    good.write_text("Ein Hund.\n안녕하세요\n", encoding="utf-8")
-    assert read_lines(str(good)) == ["Ein Hund.", "안녕하세요"]
-    latin = tmp_path / "latin1.txt"
-    latin.write_bytes("Grüße\n".encode("latin-1"))
-    with pytest.raises(UserError, match="not UTF-8"):
-        read_lines(str(latin))
-    with pytest.raises(UserError, match="not found"):
-        read_lines(str(tmp_path / "nope.txt"))
