@@ -2,6 +2,7 @@
 dispatch and help, old spellings still accepted, and clear errors for bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -293,20 +294,44 @@ def test_evaluate_reads_other_formats_without_a_split(smoke_run, tmp_path):
     assert outputs[0] == outputs[1]
 
 
-def test_read_lines(tmp_path):
-    from pipeline.commands import read_lines
+def test_read_chunks():
+    import io
+
+    from pipeline.commands import read_chunks
     from pipeline.errors import UserError
 
-    good = tmp_path / "in.txt"
-    good.write_text("Ein Hund.\n안녕하세요\n", encoding="utf-8")
-    assert read_lines(str(good)) == ["Ein Hund.", "안녕하세요"]
-    latin = tmp_path / "latin1.txt"
-    latin.write_bytes("Grüße\n".encode("latin-1"))
-    with pytest.raises(UserError, match="not UTF-8"):
-        read_lines(str(latin))
-    with pytest.raises(UserError, match="not found"):
-        read_lines(str(tmp_path / "nope.txt"))
+    text = "Ein Hund.\r\n안녕하세요\nzwei\u2028Zeilen?\n\nletzte ohne Zeilenende".encode()
+    assert list(read_chunks(io.BytesIO(text), 2)) == [["Ein Hund.", "안녕하세요"], ["zwei\u2028Zeilen?", ""],
+                                                      ["letzte ohne Zeilenende"]]
+    assert list(read_chunks(io.BytesIO(b""), 2)) == []
+    with pytest.raises(UserError, match="stdin line 2 is not UTF-8"):
+        list(read_chunks(io.BytesIO("gut\nGrüße\n".encode("latin-1")), 10))
 
+
+def test_translate_prints_each_buffer_of_piped_input_before_reading_on(smoke_run):
+    """Piped input is translated --buffer_size lines at a time: the first lines' translations
+    come out while the input is still open (a long file streams through)."""
+    import select
+
+    ckpt = smoke_run[0] / "checkpoints/best.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "translate", "--ckpt", str(ckpt), "--buffer_size", "2"],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau\n".encode())
+        proc.stdin.flush()
+        first = b""  # read from the pipe itself (a buffered reader would hide lines from select)
+        while first.count(b"\n") < 2 and select.select([proc.stdout], [], [], 120)[0]:
+            first += os.read(proc.stdout.fileno(), 65536)
+        assert first.count(b"\n") == 2 and proc.poll() is None  # two translations out, the input still open
+        out, err = proc.communicate(b"", timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert len(out.decode().splitlines()) == 1  # the third line, after the input ended
+    whole = run_cli("translate", "--ckpt", ckpt, input="Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
+    assert first.decode() == whole.stdout  # the same translations as in one buffer
+    assert_one_line_error(run_cli("translate", "--ckpt", ckpt, "--buffer_size", "0", input="Hallo\n", check=False),
+                          "--buffer_size")
 
 
 def test_translate_starts_without_lightning_or_datasets(ckpt):
