@@ -99,7 +99,8 @@ def log_curve(log: Path) -> tuple[list[dict], list[float], float]:
 def memory_summary(epochs: list[dict]) -> dict | None:
     """The training process's resident memory at its validations (progress lines that print it):
     first, last, min and max in GB, and the growth from the second validation to the last
-    (the first is before the allocator and kernel caches have settled), or None."""
+    (the first is before the allocator and kernel caches have settled), or None. In a log with
+    resumptions the values come from more than one process (each resumed one starts afresh)."""
     gb = [e["memory_gb"] for e in epochs if "memory_gb" in e]
     if not gb:
         return None

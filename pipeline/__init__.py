@@ -10,8 +10,9 @@ import os
 # kept compiling (about 16 kernels, 51 ms, per step of the Multi30k recipe at steady state);
 # with room for 16,384 every shape of an epoch stays compiled (no kernel compiled in the second
 # epoch, for about 0.4 GB more memory; bench/results/2026-11-26-5e8952d-onednn-cache.json,
-# docs/speed.md). A value set by the user is kept. oneDNN reads this
-# when it compiles its first kernel, so it must be set before any bf16 matrix product runs.
+# docs/speed.md, "bf16 on CPUs compiles a kernel per shape"). A value set by the user is kept.
+# oneDNN reads this when it compiles its first kernel, so it must be set before any bf16 matrix
+# product runs.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 

@@ -1,4 +1,5 @@
-"""Training-time callbacks: a progress line per validation, attention images in W&B."""
+"""Training-time callbacks: a progress line per validation, attention images in W&B; and the
+plugin through which Lightning writes checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from datetime import timedelta
 
 import lightning as L
 import numpy as np
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from pipeline.checkpoints import save_atomically
 from pipeline.errors import UserError
 from pipeline.tokenizer import PAD, decode
 
@@ -144,3 +147,11 @@ class AttentionImageCallback(L.Callback):
         with plot_style():
             array = figure_to_array(layers_figure(maps, "cross"))
         return array, f"{maps.source} → {maps.target}"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (a Trainer plugin), writing atomically: a kill mid-save
+    leaves the previous checkpoint whole (checkpoints.save_atomically)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        save_atomically(checkpoint, path)

@@ -42,7 +42,8 @@ def save_atomically(checkpoint: dict, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, then rename it into place: a process killed
     mid-save leaves the previous checkpoint intact (rename is atomic on POSIX within one
     filesystem) and at worst a stray `*.tmp` file. Every checkpoint is written this way: `fit`'s
-    through Lightning's checkpoint plugin (training.py), the others through save_checkpoint.
+    through Lightning's checkpoint plugin (callbacks.AtomicCheckpointIO), the others through
+    save_checkpoint.
     (No Lightning import here: loading a checkpoint for `translate`, `evaluate` or `serve` would
     pay about 3.5 s of start-up for it.)"""
     path = Path(path)
@@ -64,11 +65,22 @@ def schema_fields(tokenizer: Tokenizer, languages: tuple[str, str]) -> dict:
     return {"format": FORMAT, "tokenizer": tokenizer.to_str(), "languages": list(languages)}
 
 
+def lightning_version() -> str:
+    """The installed Lightning's version, read from its package metadata (importing Lightning
+    for it would cost seconds), or from the module where there is no metadata."""
+    try:
+        return importlib.metadata.version("lightning")
+    except importlib.metadata.PackageNotFoundError:
+        import lightning
+
+        return lightning.__version__
+
+
 def save_checkpoint(path: str | Path, state_dict: dict, hparams: dict, tokenizer: Tokenizer,
                     languages: tuple[str, str], **extra) -> Path:
     """Write a weights-only checkpoint of the schema above (atomically); `extra` adds keys."""
     checkpoint = {"state_dict": state_dict, "hyper_parameters": upgrade_hparams(hparams),
-                  "pytorch-lightning_version": importlib.metadata.version("lightning"),
+                  "pytorch-lightning_version": lightning_version(),
                   **schema_fields(tokenizer, languages), **extra}
     save_atomically(checkpoint, path)
     return Path(path)

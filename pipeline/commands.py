@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from pipeline.errors import UserError
 
@@ -137,21 +137,27 @@ def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch
         for line in sys.stdin:
             show([line.rstrip("\n")])
     else:
-        for lines in read_chunks(sys.stdin.buffer, buffer_size):
+        # The bytes, so that a line that is not UTF-8 gets a clear error (a replaced sys.stdin may
+        # be text only: its lines are read as they are)
+        stream = getattr(sys.stdin, "buffer", None) or (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        for lines in read_chunks(stream, buffer_size):
             show(lines)
     if translator.truncated:
         print(f"warning: {translator.truncated} input line(s) longer than {translator.max_src_tokens} tokens "
               "were truncated", file=sys.stderr)
 
 
-def read_chunks(stream: BinaryIO, lines: int, name: str = "stdin") -> Iterator[list[str]]:
-    """The lines of a UTF-8 byte stream (one sentence a line: split at "\\n" only, a "\\r" before
-    it dropped), `lines` at a time as they arrive, or a clear error at the first line that is
-    not UTF-8."""
+def read_chunks(stream: Iterable[bytes], lines: int, name: str = "stdin") -> Iterator[list[str]]:
+    """The lines of a UTF-8 byte stream, `lines` at a time as they arrive, or a clear error at
+    the first line that is not UTF-8 (the chunks before it have been handed out by then).
+
+    One sentence a line: split at "\\n" only, a "\\r" before it dropped (Windows files; a file
+    of old Mac line ends, "\\r" alone, is one line), a UTF-8 byte-order mark at the start dropped."""
     chunk = []
     for number, raw in enumerate(stream, 1):
         try:
-            chunk.append(raw.decode("utf-8").removesuffix("\n").removesuffix("\r"))
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            chunk.append(line.removesuffix("\n").removesuffix("\r"))
         except UnicodeDecodeError as e:
             raise UserError(f"{name} line {number} is not UTF-8 text (byte {e.start}): convert it, "
                             "e.g. iconv -t UTF-8") from None

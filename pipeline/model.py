@@ -235,6 +235,7 @@ class Transformer(nn.Module):
         tokens only (attention.Packing; memory is then zero at padding, which every reader
         masks): decoding batches of unsorted sentences are often half padding, while training
         batches from token buckets are not (below a tenth, packing would cost more than it saves).
+        Never under torch.compile (the packed row count depends on the data).
         """
         src_mask = padding_mask(src, PAD)
         x = self.src_embed(src)

@@ -42,9 +42,10 @@ class TrainConfig:
             dropout masks); the loss is ½(CE₁ + CE₂) + α/4·(KL(p₁‖p₂) + KL(p₂‖p₁)), the paper's
             loss halved (0: off; > 0 doubles the cost of a step). See loss.rdrop_cross_entropy.
         n_samples: sample translations (source, reference, hypothesis) logged at each validation.
-        compile: torch.compile the model's forward for training. Off by default: on this
-            project's CPU the recipe's step ran 0.83x as fast compiled, after 166 s of compiling
-            (bench/results/2026-11-27-train-compile.json); not measured on a GPU.
+        compile: torch.compile the model's forward for training. Off by default: the recipe's
+            step ran slower compiled on both CPUs measured, 0.79x eager on an AMD EPYC after 188 s
+            of compiling and 0.83x on an Intel Xeon after 166 s, and 0.96x on an H200 GPU
+            (bench/results/2026-11-27-train-compile{-amd,,-gpu}.json).
     """
 
     label_smoothing: float = 0.1

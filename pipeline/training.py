@@ -65,26 +65,19 @@ class CheckpointConfig:
 def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     """fit / validate / test through LightningCLI, with the typed groups above; returns the
     LightningCLI (its trainer and model). `extra_callbacks` join fit's (the sweep's pruner)."""
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from pipeline.callbacks import AttentionImageCallback, ProgressLog, ReleaseFreedMemory
-    from pipeline.checkpoints import read_checkpoint, save_atomically
+    from pipeline.callbacks import AtomicCheckpointIO, AttentionImageCallback, ProgressLog, ReleaseFreedMemory
+    from pipeline.checkpoints import read_checkpoint
     from pipeline.datamodule import TranslationDataModule
     from pipeline.decoding import DecodingConfig
     from pipeline.finalize import FinalConfig
     from pipeline.hardware import choose_precision
     from pipeline.model import TransformerConfig
     from pipeline.module import TrainConfig, TranslationModule
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Lightning's checkpoint writer, writing atomically (checkpoints.save_atomically)."""
-
-        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-            save_atomically(checkpoint, path)
 
     class TranslationCLI(LightningCLI):
         def add_core_arguments_to_parser(self, parser) -> None:

@@ -308,3 +308,12 @@ def test_packing_round_trip_keeps_real_rows_and_zeroes_padding():
     assert packed.shape == (3, 2) and torch.equal(packed, x[real])
     back = packing.unpack(packed)
     assert torch.equal(back[real], x[real]) and torch.all(back[~real] == 0)
+
+
+def test_no_packing_under_torch_compile(monkeypatch):
+    """Packing's row count and positions depend on the data, which would break a compiled graph:
+    under torch.compile the layers run on the padded batch (the same results: test_model.py)."""
+    real = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    assert Packing.if_worthwhile(real) is not None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert Packing.if_worthwhile(real) is None

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import SEED
 from pipeline.batching import collate
-from pipeline.callbacks import AttentionImageCallback, ProgressLog, ReleaseFreedMemory
+from pipeline.callbacks import AtomicCheckpointIO, AttentionImageCallback, ProgressLog, ReleaseFreedMemory
 from pipeline.tokenizer import encode
 
 
@@ -137,3 +137,17 @@ def test_freed_heap_memory_goes_back_every_n_steps():
     for step in range(1, 151):
         callback.on_train_batch_end(SimpleNamespace(global_step=step), None, None, None, step)
     assert calls == [0, 0, 0]  # at steps 50, 100, 150
+
+
+def test_lightning_writes_checkpoints_through_a_picklable_atomic_plugin(tmp_path, monkeypatch):
+    """The Trainer's checkpoint plugin survives pickling (ddp_spawn pickles the Trainer) and
+    writes through checkpoints.save_atomically (tested in test_checkpoints.py)."""
+    import pickle
+
+    import pipeline.callbacks
+
+    written = []
+    monkeypatch.setattr(pipeline.callbacks, "save_atomically", lambda checkpoint, path: written.append((checkpoint, path)))
+    io = pickle.loads(pickle.dumps(AtomicCheckpointIO()))
+    io.save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert written == [({"step": 1}, tmp_path / "last.ckpt")]

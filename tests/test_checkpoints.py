@@ -97,6 +97,9 @@ def test_average_of_checkpoints_is_elementwise_mean(ckpt, tmp_path):
     for k, v in base.items():
         torch.testing.assert_close(avg["state_dict"][k], v * 3.0)
     assert "optimizer_states" not in avg and avg["averaged_from"] == [str(p) for p in paths]
+    import lightning  # read from the package metadata without importing it, the same string
+
+    assert avg["pytorch-lightning_version"] == lightning.__version__
     assert load_checkpoint(tmp_path / "avg.ckpt").languages == ("ko", "en")
     other = hparams | {"model": asdict(loaded.config) | {"d_ff": 32}}
     save_checkpoint(tmp_path / "other.ckpt", base, other, loaded.tokenizer, loaded.languages)

@@ -79,6 +79,8 @@ def test_learning_curve_from_the_fit_log(smoke_run, tmp_path):
     assert result["best_val_bleu"] == max(e["val_bleu"] for e in result["epochs"]) >= 0
     assert result["final"]["test"] == json.loads((run / "results.json").read_text())["test"]
     assert result["wall_time_s"] == result["epochs"][-1]["elapsed_s"] > 0
+    if sys.platform.startswith("linux"):  # the progress lines print the process's memory there
+        assert result["memory_gb"]["validations"] == 2 and 0 < result["memory_gb"]["min"] <= result["memory_gb"]["max"]
     from bench.tables import table  # the README's results table is generated from this JSON
 
     lines = table(result).splitlines()
@@ -300,7 +302,7 @@ def test_read_chunks():
     from pipeline.commands import read_chunks
     from pipeline.errors import UserError
 
-    text = "Ein Hund.\r\n안녕하세요\nzwei\u2028Zeilen?\n\nletzte ohne Zeilenende".encode()
+    text = "\ufeffEin Hund.\r\n안녕하세요\nzwei\u2028Zeilen?\n\nletzte ohne Zeilenende".encode()
     assert list(read_chunks(io.BytesIO(text), 2)) == [["Ein Hund.", "안녕하세요"], ["zwei\u2028Zeilen?", ""],
                                                       ["letzte ohne Zeilenende"]]
     assert list(read_chunks(io.BytesIO(b""), 2)) == []
@@ -308,25 +310,34 @@ def test_read_chunks():
         list(read_chunks(io.BytesIO("gut\nGrüße\n".encode("latin-1")), 10))
 
 
-def test_translate_prints_each_buffer_of_piped_input_before_reading_on(smoke_run):
+@pytest.mark.skipif(sys.platform == "win32", reason="select() on pipes is POSIX; the chunking itself is "
+                                                   "test_read_chunks, which runs everywhere")
+def test_translate_prints_each_buffer_of_piped_input_before_reading_on(smoke_run, tmp_path):
     """Piped input is translated --buffer_size lines at a time: the first lines' translations
     come out while the input is still open (a long file streams through)."""
     import select
 
     ckpt = smoke_run[0] / "checkpoints/best.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "translate", "--ckpt", str(ckpt), "--buffer_size", "2"],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        proc.stdin.write("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau\n".encode())
-        proc.stdin.flush()
-        first = b""  # read from the pipe itself (a buffered reader would hide lines from select)
-        while first.count(b"\n") < 2 and select.select([proc.stdout], [], [], 120)[0]:
-            first += os.read(proc.stdout.fileno(), 65536)
-        assert first.count(b"\n") == 2 and proc.poll() is None  # two translations out, the input still open
-        out, err = proc.communicate(b"", timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err.decode()
+    with open(tmp_path / "stderr", "wb") as stderr:  # a file: a full stderr pipe could block the child
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "translate", "--ckpt", str(ckpt),
+                                 "--buffer_size", "2"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr)
+        try:
+            proc.stdin.write("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau\n".encode())
+            proc.stdin.flush()
+            first = b""  # read from the pipe itself (a buffered reader would hide lines from select)
+            while first.count(b"\n") < 2 and select.select([proc.stdout], [], [], 120)[0]:
+                data = os.read(proc.stdout.fileno(), 65536)
+                if not data:  # the child ended
+                    break
+                first += data
+            still_reading = proc.poll() is None
+            out, _ = proc.communicate(b"", timeout=120)
+        finally:
+            proc.kill()
+    err = (tmp_path / "stderr").read_text(errors="replace")
+    assert first.count(b"\n") == 2 and still_reading, err  # two translations out, the input still open
+    assert proc.returncode == 0, err
     assert len(out.decode().splitlines()) == 1  # the third line, after the input ended
     whole = run_cli("translate", "--ckpt", ckpt, input="Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
     assert first.decode() == whole.stdout  # the same translations as in one buffer
@@ -334,12 +345,15 @@ def test_translate_prints_each_buffer_of_piped_input_before_reading_on(smoke_run
                           "--buffer_size")
 
 
-def test_translate_starts_without_lightning_or_datasets(ckpt):
-    """`translate` (and `serve`, which loads checkpoints the same way) imports neither Lightning
-    nor `datasets`: about 4 s of start-up that decoding does not use."""
-    code = ("import sys; from pipeline.cli import main; main(sys.argv[1:]); "
-            "print(sorted(m for m in ('lightning', 'datasets', 'pytorch_lightning') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, "translate", "--ckpt", str(ckpt), "--text", "Ein Hund."],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+def test_translate_and_serve_start_without_lightning_or_datasets(smoke_run):
+    """`translate` and `serve` import neither Lightning nor `datasets` (about 4 s of start-up that
+    decoding does not use: bench/results/2026-11-27-startup.json), with a checkpoint `fit` wrote."""
+    ckpt = smoke_run[0] / "checkpoints/best.ckpt"
+    heavy = "sorted(m for m in ('lightning', 'lightning_fabric', 'pytorch_lightning', 'datasets') if m in sys.modules)"
+    translate = f"import sys; from pipeline.cli import main; main(sys.argv[1:]); print({heavy})"
+    serve = (f"import sys; from pipeline.server import create_app; from pipeline.translator import Translator; "
+             f"create_app(Translator.from_checkpoint(sys.argv[1], device='cpu')); print({heavy})")
+    for code, args in ((translate, ["translate", "--ckpt", str(ckpt), "--text", "Ein Hund."]), (serve, [str(ckpt)])):
+        out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "[]"
