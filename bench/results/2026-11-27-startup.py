@@ -1,7 +1,7 @@
 # The script behind bench/results/2026-11-27-startup.json: how long `python -m pipeline translate`
 # takes for one sentence, start to finish (what a user waits for), before and after translate
 # stopped importing Lightning and `datasets` (commit 3837399; its parent imported both through
-# pipeline.checkpoints and pipeline.data). Each commit is checked out in a git worktree and run
+# pipeline.checkpoints and pipeline.data; "after" is the commit this runs at). Each commit is checked out in a git worktree and run
 # from there with this repository's .venv, interleaved, REPEATS times each, after one untimed run
 # each (warm file caches, as for a user's second command).
 #   .venv/bin/python bench/results/2026-11-27-startup.py CKPT OUT
@@ -11,8 +11,9 @@ from pipeline.provenance import cpu_name
 
 ckpt, out = os.path.abspath(sys.argv[1]), sys.argv[2]
 REPEATS = 7
-commits = {"before": "3837399~1", "after": "3837399"}
 root = subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip()
+head = subprocess.check_output(["git", "-C", root, "rev-parse", "--short", "HEAD"], text=True).strip()
+commits = {"before": "3837399~1", "after": head}  # 3837399 took the imports out; HEAD: as committed now
 python = os.path.join(root, ".venv", "bin", "python")
 probe = ("import sys; import pipeline.cli as c; c.main(sys.argv[1:]); "
          "print('LOADED', sorted(m for m in ('lightning', 'datasets') if m in sys.modules))")
