@@ -1,8 +1,8 @@
 """The command contract end to end: fit -> test -> evaluate -> translate, one command table for
 dispatch and help, old spellings still accepted, and clear errors for bad input."""
 
+import contextlib
 import json
-import os
 import subprocess
 import sys
 
@@ -310,37 +310,54 @@ def test_read_chunks():
         list(read_chunks(io.BytesIO("gut\nGrüße\n".encode("latin-1")), 10))
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="select() on pipes is POSIX; the chunking itself is "
-                                                   "test_read_chunks, which runs everywhere")
+def test_translate_reads_a_text_only_stdin(ckpt, monkeypatch, capsys):
+    """Called in-process with sys.stdin replaced by a text stream (no bytes underneath, as
+    notebooks and test runners do), translate reads its lines as they are."""
+    import io
+
+    from pipeline.commands import translate
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Ein Hund.\n   \nZwei Katzen.\n"))
+    translate(str(ckpt), workers=1)
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # one a line, the blank one blank
+
+
 def test_translate_prints_each_buffer_of_piped_input_before_reading_on(smoke_run, tmp_path):
     """Piped input is translated --buffer_size lines at a time: the first lines' translations
     come out while the input is still open (a long file streams through)."""
-    import select
+    import queue
+    import threading
 
     ckpt = smoke_run[0] / "checkpoints/best.ckpt"
     with open(tmp_path / "stderr", "wb") as stderr:  # a file: a full stderr pipe could block the child
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "translate", "--ckpt", str(ckpt),
                                  "--buffer_size", "2"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=stderr)
+        lines = queue.Queue()  # stdout's lines as they come (b"" at its end), read by a thread
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stdout.readline, b"")]
+                                  + [lines.put(b"")], daemon=True)
+        reader.start()
         try:
             proc.stdin.write("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau\n".encode())
             proc.stdin.flush()
-            first = b""  # read from the pipe itself (a buffered reader would hide lines from select)
-            while first.count(b"\n") < 2 and select.select([proc.stdout], [], [], 120)[0]:
-                data = os.read(proc.stdout.fileno(), 65536)
-                if not data:  # the child ended
-                    break
-                first += data
+            first = []
+            with contextlib.suppress(queue.Empty):
+                while len(first) < 2 and (line := lines.get(timeout=120)):
+                    first.append(line.decode())
             still_reading = proc.poll() is None
-            out, _ = proc.communicate(b"", timeout=120)
+            proc.stdin.close()
+            proc.wait(timeout=120)
+            reader.join(timeout=120)
         finally:
             proc.kill()
+    rest = [line.decode() for line in iter(lines.get_nowait, b"")] if not lines.empty() else []
     err = (tmp_path / "stderr").read_text(errors="replace")
-    assert first.count(b"\n") == 2 and still_reading, err  # two translations out, the input still open
+    assert len(first) == 2 and still_reading, err  # two translations out, the input still open
     assert proc.returncode == 0, err
-    assert len(out.decode().splitlines()) == 1  # the third line, after the input ended
+    assert len(rest) == 1  # the third line, after the input ended
     whole = run_cli("translate", "--ckpt", ckpt, input="Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
-    assert first.decode() == whole.stdout  # the same translations as in one buffer
+    assert "".join(first) == whole.stdout  # the same translations as in one buffer
     assert_one_line_error(run_cli("translate", "--ckpt", ckpt, "--buffer_size", "0", input="Hallo\n", check=False),
                           "--buffer_size")
 
