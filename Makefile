@@ -8,9 +8,10 @@ ARGS ?=
 CKPT ?= runs/multi30k/checkpoints/best.ckpt
 DATA ?= ../shared/data/multi30k
 SPLIT ?= test
-BEAM ?= 1
-# runs/NAME/eval-<checkpoint>-<split>-beam<N>: evaluating avg.ckpt does not overwrite best.ckpt's results
-OUT ?= $(dir $(CKPT))../eval-$(basename $(notdir $(CKPT)))-$(SPLIT)-beam$(BEAM)
+# Empty: the beam the checkpoint's run decodes with (its decoding.beam; `final:` writes the chosen one)
+BEAM ?=
+# runs/NAME/eval-<checkpoint>-<split>[-beam<N>]: evaluating avg.ckpt does not overwrite best.ckpt's results
+OUT ?= $(dir $(CKPT))../eval-$(basename $(notdir $(CKPT)))-$(SPLIT)$(if $(BEAM),-beam$(BEAM))
 RUN ?= $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(CKPT)))))
 LAST ?= 5
 TEXT ?= Ein Hund rennt durch den Schnee.
@@ -43,14 +44,14 @@ setup: $(VENV)/.installed ## create .venv and install the project (torch 2.13.0 
 train: setup ## train CONFIG (default configs/multi30k.yaml); extra options in ARGS="--trainer.max_epochs 3"
 	$(PY) -m pipeline fit --config $(CONFIG) $(ARGS)
 
-evaluate: setup ## BLEU/chrF of CKPT on DATA/SPLIT (BEAM=4 for beam search), written to OUT
-	$(PY) -m pipeline evaluate --ckpt $(CKPT) --data $(DATA) --split $(SPLIT) --beam $(BEAM) --out $(OUT) $(ARGS)
+evaluate: setup ## BLEU/chrF of CKPT on DATA/SPLIT (the run's beam; BEAM=N to choose), written to OUT
+	$(PY) -m pipeline evaluate --ckpt $(CKPT) --data $(DATA) --split $(SPLIT) $(if $(BEAM),--beam $(BEAM)) --out $(OUT) $(ARGS)
 
 translate: setup ## translate stdin (or type at the prompt) with CKPT
-	$(PY) -m pipeline translate --ckpt $(CKPT) --beam $(BEAM) $(ARGS)
+	$(PY) -m pipeline translate --ckpt $(CKPT) $(if $(BEAM),--beam $(BEAM)) $(ARGS)
 
 average: setup ## average the newest LAST (5) epoch checkpoints of RUN (default: CKPT's run) into RUN/checkpoints/avg.ckpt
-	$(PY) -m pipeline average --run $(RUN) --last $(LAST) --out $(RUN)/checkpoints/avg.ckpt
+	$(PY) -m pipeline average --run $(RUN) --last $(LAST) --out $(RUN)/checkpoints/avg.ckpt --overwrite
 
 attention: setup ## attention heatmaps of CKPT on TEXT="..." into RUN/attention
 	$(PY) -m pipeline attention --ckpt $(CKPT) --text "$(TEXT)" --out $(RUN)/attention $(ARGS)

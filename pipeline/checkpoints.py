@@ -48,12 +48,17 @@ def save_atomically(checkpoint: dict, path: str | Path) -> None:
     pay about 3.5 s of start-up for it.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory: name a checkpoint file, e.g. {path}/avg.ckpt")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left where writing or renaming failed
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -175,13 +180,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 
 # -- averaging -----------------------------------------------------------------------------
-def average_checkpoints(paths: list[str | Path], out: str | Path) -> Path:
+def average_checkpoints(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """Write the element-wise mean of the weights of checkpoints of one run to `out`.
 
     The result is a weights-only checkpoint (no optimizer state) that loads like any other.
+    An existing `out` is replaced only with `overwrite` (written over last.ckpt, the average
+    would leave the run unable to resume), and never when it is one of `paths`.
     """
     if not paths:
         raise UserError("no checkpoints to average")
+    out = Path(out)
+    if any(Path(p).resolve() == out.resolve() for p in paths):
+        raise UserError(f"--out {out} is one of the checkpoints being averaged: pick another --out")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists: pick another --out, or pass --overwrite to replace it")
     first = read_checkpoint(paths[0])
     total = {k: v.double() for k, v in first["state_dict"].items()}
     for path in paths[1:]:
@@ -200,6 +212,8 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> Path:
 
 def epoch_checkpoints(run_dir: str | Path, last: int) -> list[Path]:
     """The newest `last` epochNNN.ckpt files of a run directory, oldest first."""
+    if last < 1:
+        raise UserError(f"--last must be >= 1 (how many of the newest epoch checkpoints), got {last}")
     paths = sorted((Path(run_dir) / "checkpoints").glob("epoch*.ckpt"))[-last:]
     if not paths:
         raise UserError(f"no epoch*.ckpt in {run_dir}/checkpoints: train with --checkpoint.keep_epochs K")

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import os
 import sys
 import tempfile
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -130,8 +132,31 @@ def run_function(name: str, function: Callable, argv: list[str]) -> None:
     flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
     argv = [a for i, arg in enumerate(argv)
             for a in ([arg, "true"] if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")) else [arg])]
-    cfg = parser.parse_args(argv)
+    cfg = parser.parse_args(list_values(function, argv))
     function(**cfg.as_dict())
+
+
+def list_values(function: Callable, argv: list[str]) -> list[str]:
+    """A list option given as the shell spells it (--ckpts A B C), rewritten to the one value
+    the parser reads (--ckpts '["A", "B", "C"]'); a value already written as a list is kept."""
+    hints = typing.get_type_hints(function)
+    lists = {f"--{name}" for name, hint in hints.items()
+             if list in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint)))}
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg not in lists or i + 1 < len(argv) and argv[i + 1].lstrip().startswith("["):
+            out.append(arg)
+            i += 1
+            continue
+        values = []
+        while i + 1 + len(values) < len(argv) and not argv[i + 1 + len(values)].startswith("--"):
+            values.append(argv[i + 1 + len(values)])
+        if not values:
+            raise UserError(f"{arg} needs at least one value, e.g. {arg} A B C")
+        out += [arg, json.dumps(values)]
+        i += 1 + len(values)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

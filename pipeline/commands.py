@@ -168,7 +168,8 @@ def read_chunks(stream: Iterable[bytes], lines: int, name: str = "stdin") -> Ite
         yield chunk
 
 
-def average(out: str, ckpts: list[str] | None = None, run: str | None = None, last: int = 5) -> None:
+def average(out: str, ckpts: list[str] | None = None, run: str | None = None, last: int = 5,
+            overwrite: bool = False) -> None:
     """Average the weights of several checkpoints of one run into one checkpoint.
 
     Args:
@@ -176,13 +177,14 @@ def average(out: str, ckpts: list[str] | None = None, run: str | None = None, la
         ckpts: checkpoint files to average (or --run).
         run: run directory: average its newest --last epoch checkpoints.
         last: with --run: how many of the newest epoch checkpoints.
+        overwrite: replace an existing --out file.
     """
     from pipeline.checkpoints import average_checkpoints, epoch_checkpoints
 
-    if (ckpts is None) == (run is None):
+    if (not ckpts) == (run is None):
         raise UserError("pass exactly one of --ckpts A B C or --run runs/NAME")
     paths = ckpts if ckpts else epoch_checkpoints(run, last)
-    average_checkpoints(paths, out)
+    average_checkpoints(paths, out, overwrite)
     print(f"averaged {len(paths)} checkpoints -> {out}")
 
 

@@ -161,6 +161,8 @@ def _load_files(path: str, files: list[str], cache_dir: str | None) -> datasets.
     for f in files:
         if builder != "parquet" and not _has_text(f):  # `datasets` fails on it with a bare StopIteration
             raise UserError(f"{f} is empty: point to a file with sentence pairs")
+        if suffixes[0] == ".tsv":  # (CSV may quote a field with line breaks in it; TSV here has no quoting)
+            check_line_ends(f)
     kwargs = dict(options)
     if builder == "csv":
         kwargs["features"] = _csv_features(files[0], options)
@@ -171,6 +173,29 @@ def _load_files(path: str, files: list[str], cache_dir: str | None) -> datasets.
 def _has_text(path: str) -> bool:
     with open(path, encoding="utf-8", errors="replace") as f:
         return any(line.strip() for line in f)
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def check_line_ends(path: str | Path) -> None:
+    """A UserError naming the line of `path` with a carriage return that does not end the line.
+
+    `datasets` reads line-based files with universal newlines (and its TSV reader likewise), so
+    a stray "\\r" inside a sentence would end a line there: every later sentence of that file
+    would be paired with the wrong one of the other side, silently. (A file's "\\r\\n" line ends
+    are fine.) Reads the file in blocks of 16 MB."""
+    line = 1
+    with open(path, "rb") as f:
+        while data := f.read(1 << 24):
+            if data.endswith(b"\r"):  # its "\n" may start the next block
+                data += f.read(1)
+            match = _LONE_CR.search(data)
+            if match and match.end() < len(data):  # (a "\r" that ends the file ends its last line)
+                line += data.count(b"\n", 0, match.start())
+                raise UserError(f"{path} line {line} has a carriage return (\\r) inside it, which would split it "
+                                f"in two and shift every later pair: remove them, e.g. tr -d '\\r' < {path} > fixed")
+            line += data.count(b"\n")
 
 
 def _csv_features(path: str, options: dict) -> datasets.Features:
@@ -188,6 +213,7 @@ def _load_parallel_text(prefix: str, src_lang: str, tgt_lang: str, cache_dir: st
             raise UserError(f"{f} not found: parallel text needs both {files[0]} and {files[1]} (one sentence a line)")
         if f.stat().st_size == 0:
             raise UserError(f"{f} is empty: point to files with one sentence a line")
+        check_line_ends(f)
     sides = [_load(lambda f=f: datasets.load_dataset("text", data_files=str(f), split="train", cache_dir=cache_dir,
                                                      writer_batch_size=WRITER_BATCH), str(f)) for f in files]
     if len(sides[0]) != len(sides[1]):

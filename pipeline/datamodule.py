@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info
+import torch
 from torch.utils.data import DataLoader
 
 from pipeline.batching import TokenBucketSampler, collate
@@ -465,25 +466,43 @@ def _write_indices(path: str, indices: np.ndarray) -> None:
 class ResumableLoader(DataLoader):
     """A DataLoader that Lightning can checkpoint mid-epoch (it has state_dict/load_state_dict).
 
-    The state is the number of batches of the current epoch already trained; on resume the
-    sampler skips them, so the run continues with exactly the batches it would have seen.
+    The state is the epoch and the number of its batches already trained; on resume the
+    sampler skips them, so the run continues with exactly the batches it would have seen. Its
+    iterator draws nothing from torch's global random generator (it has a generator of its
+    own), so the random states a checkpoint restores are the ones the next step would have used.
     """
 
     def __init__(self, *args, trainer=None, **kwargs):
-        super().__init__(*args, **kwargs)
+        # iter(DataLoader) draws a worker seed from `generator`, by default the global one: once
+        # per epoch in a run, but not at the resume point of a restarted one (Lightning makes the
+        # iterator before the module restores the random states).
+        super().__init__(*args, generator=torch.Generator().manual_seed(0), **kwargs)
         self.trainer = trainer
+        self._resumed_epoch: int | None = None
 
     def __iter__(self):
-        # Lightning calls set_epoch on a loader's sampler, not on its batch sampler.
-        if self.trainer is not None:
-            self.batch_sampler.set_epoch(self.trainer.current_epoch)
+        # Lightning calls set_epoch on a loader's sampler, not on its batch sampler, so this does,
+        # with the count Lightning gives samplers (epochs processed: the one about to run). A
+        # resumed run makes its first iterator before Lightning moves `current_epoch` past an
+        # epoch the checkpoint finished, and from a checkpoint written after an epoch's last
+        # batch but before its end, the restored state (load_state_dict) says which epoch is next.
+        if self._resumed_epoch is not None:
+            self.batch_sampler.set_epoch(self._resumed_epoch)
+            self._resumed_epoch = None
+        elif self.trainer is not None:
+            self.batch_sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return super().__iter__()
 
     def state_dict(self) -> dict:
         # Checkpoints are written in on_train_batch_end, after the batch is processed but
-        # before Lightning counts it as completed.
+        # before Lightning counts it as completed, or after an epoch's validation.
         return {"epoch": self.trainer.current_epoch,
                 "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.resume(state["epoch"], state["batches_done"])
+        epoch, done = state["epoch"], state["batches_done"]
+        self.batch_sampler.set_epoch(epoch)
+        if done >= len(self.batch_sampler):  # that epoch is over: the next one starts from its first batch
+            epoch, done = epoch + 1, 0
+        self.batch_sampler.resume(epoch, done)
+        self._resumed_epoch = epoch

@@ -55,7 +55,6 @@ type; CTranslate2 can also quantize at load time (`compute_type="int8"`).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -200,13 +199,28 @@ def tokenizer_config(checkpoint) -> dict:
             "split_special_tokens": True}, special
 
 
+# What either export writes: --overwrite replaces a directory that holds nothing else.
+EXPORT_FILES = frozenset({"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                          "special_tokens_map.json", "model.safetensors", "model.bin", "shared_vocabulary.json",
+                          "shared_vocabulary.txt", "source_vocabulary.json", "target_vocabulary.json"})
+
+
 def empty_directory(out: str | Path, overwrite: bool) -> Path:
-    """`out`, created, after refusing (or with overwrite, emptying) a non-empty directory."""
+    """`out`, created, after refusing a non-empty directory, or with overwrite, emptying one
+    that holds an earlier export only: never a directory with anything else in it (`--out .` or
+    a run directory given by mistake would lose checkpoints)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory: pick a directory for the exported model")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"output directory {out} is not empty: pick another --out or pass --overwrite")
-        shutil.rmtree(out)
+        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES or not p.is_file())
+        if others:
+            raise UserError(f"--overwrite replaces an earlier export only, and {out} also holds "
+                            f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: pick another --out")
+        for p in out.iterdir():
+            p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -35,7 +35,7 @@ class FinalConfig:
         beams: beam sizes tried on validation.
         length_penalties: length penalties tried on validation (for beams > 1).
         max_average: average at most this many of the newest epoch checkpoints (they must be
-            kept: checkpoint.keep_epochs).
+            kept: checkpoint.keep_epochs); 0: no averages.
     """
 
     enabled: bool = True
@@ -60,11 +60,11 @@ def finalize(run_dir: str | Path, validation, test, config: FinalConfig | None =
     start = time.perf_counter()
     if not (ckpt_dir / "best.ckpt").is_file():
         raise UserError(f"no {ckpt_dir}/best.ckpt: finalize a run that has validated at least once")
-    epochs = sorted(ckpt_dir.glob("epoch*.ckpt"))[-config.max_average:]
+    epochs = sorted(ckpt_dir.glob("epoch*.ckpt"))[-config.max_average:] if config.max_average > 0 else []
     candidates = {"best": ckpt_dir / "best.ckpt"}
     for k in range(2, len(epochs) + 1):
         path = ckpt_dir / f"avg-last{k}.ckpt"
-        average_checkpoints(epochs[-k:], path)
+        average_checkpoints(epochs[-k:], path, overwrite=True)  # (a finalize run again redoes them)
         candidates[f"average of the last {k} epochs"] = path
     found = {}
     for name, path in candidates.items():

@@ -119,17 +119,29 @@ def _chunked_loss(h1: Tensor, h2: Tensor | None, weight: Tensor, target: Tensor,
     total = torch.zeros((), dtype=torch.float32, device=h1.device)
     grads = [torch.empty_like(h) for h in (h1, h2) if h is not None] if need_grad else []
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+    weight = product_weight(weight)
     for start in range(0, h1.size(0), chunk_rows):
         rows = slice(start, start + chunk_rows)
         states = [h[rows] for h in (h1, h2) if h is not None]
         loss, *logit_grads = _loss_chunk(*states, *([None] if h2 is None else []), weight, target[rows],
                                          label_smoothing, alpha, need_grad)
         total += loss
-        for grad, h, g in zip(grads, states, logit_grads):  # bf16 matmuls under autocast, fp32 otherwise
-            g = g.to(h.dtype) if h.dtype == weight.dtype else g
-            grad[rows] = (g @ weight.to(g.dtype)).to(grad.dtype)
-            grad_weight += (g.t() @ h.to(g.dtype)).float()
+        for grad, h, g in zip(grads, states, logit_grads):
+            g = g.to(weight.dtype)  # once for both products (autocast would cast it for each)
+            grad[rows] = (g @ weight).to(grad.dtype)
+            grad_weight += (g.t() @ h.to(weight.dtype)).float()
     return total, grads, grad_weight
+
+
+def product_weight(weight: Tensor) -> Tensor:
+    """The (V, d) output projection in the dtype its products run in: under autocast (bf16-mixed
+    training) a bf16 copy made once per loss. Autocast's own cast cache skips views such as
+    weight.t(), so each chunk's forward and gradient products would cast the 8 MB weight again:
+    four casts per chunk of 256 rows with R-Drop (bench/results/2026-11-27-loss-weight-cast.json)."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
+        return weight.to(torch.get_autocast_dtype(device))
+    return weight
 
 
 class _ChunkedLoss(torch.autograd.Function):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -131,6 +132,8 @@ class TranslationModule(L.LightningModule):
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on GPUs draws from these
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizer is not None and self.tokenizer.to_str() != checkpoint["tokenizer"]:
@@ -146,6 +149,9 @@ class TranslationModule(L.LightningModule):
             random.setstate(self._rng_states["python"])
             kind, keys, pos, has_gauss, gauss = self._rng_states["numpy"]
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            cuda = self._rng_states.get("cuda")
+            if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
             self._rng_states = None
 
     # -- training ----------------------------------------------------------------------------
@@ -160,7 +166,8 @@ class TranslationModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         if not torch.isfinite(loss):
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            written = [Path(cb.dirpath) / "last.ckpt" for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
+            last = next((str(p) for p in written if p.exists()), "none written yet")
             raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: training stopped; last "
                                      f"good checkpoint: {last} (lower train.lr or raise train.warmup_steps)")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.src.size(0))
@@ -173,8 +180,10 @@ class TranslationModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Only on the steps whose metrics reach the logger: the norm costs a pass over every gradient.
-        if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+        # Only on the steps whose metrics reach the logger (Lightning writes them after optimizer
+        # step number global_step + 1 when that is a multiple of log_every_n_steps): the norm
+        # costs a pass over every gradient, and one computed on another step would be logged late.
+        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
             grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.stack(torch._foreach_norm(grads)).norm(), batch_size=1)
 

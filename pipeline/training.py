@@ -168,8 +168,13 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog(), ReleaseFreedMemory(),
                                                                   *(extra_callbacks or [])]
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
-                                             save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                             save_top_k=1, auto_insert_metric_name=False,
                                              enable_version_counter=False))
+            # last.ckpt after every validation, improved or not: its own callback, because
+            # Lightning's save_last writes it only when a top-k checkpoint is written (best.ckpt),
+            # and `--ckpt_path last` must resume from the newest state, not from the best epoch.
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
+                                             auto_insert_metric_name=False, enable_version_counter=False))
             if cfg.checkpoint.every_n_train_steps:
                 callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                                                  every_n_train_steps=cfg.checkpoint.every_n_train_steps))

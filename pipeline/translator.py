@@ -37,6 +37,27 @@ from pipeline.workers import can_fork, default_workers, fork_map
 QUANTIZE = ("int8", "bf16")  # values of --quantize
 
 
+class WeightStamp:
+    """Which values a copy made from a weight was made from (PackedLinear's packed weight,
+    ArgmaxHead's bf16 one): the weight's storage, version (bumped by in-place changes; None for
+    tensors made under inference_mode, which keep none), device and dtype. It holds the storage
+    it stamped, so that no later tensor can be allocated at the same address and pass for it:
+    `.to()` round trips and load_state_dict(assign=True) replace the storage and are seen as
+    changes. Changes through `.data` keep both storage and version and are not seen (call
+    `inference_model` again after those)."""
+
+    def __init__(self, weight: Tensor):
+        self.source = weight.detach()  # shares the storage (and the version counter)
+        self.key = self.key_of(weight)
+
+    @staticmethod
+    def key_of(weight: Tensor) -> tuple:
+        return (weight.data_ptr(), None if weight.is_inference() else weight._version, weight.device, weight.dtype)
+
+    def matches(self, weight: Tensor) -> bool:
+        return self.key_of(weight) == self.key
+
+
 class PackedLinear(nn.Module):
     """An fp32 Linear layer for CPU inference whose weight is kept in MKL's packed GEMM layout.
 
@@ -62,16 +83,14 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # (out, in), (out,) or None: shared, not copied
         self.packed: Tensor | None = None  # MKL's packed copy of the weight, made at the first packed call
-        self.packed_version: int | None = None  # the weight's version when it was packed
+        self.packed_for: WeightStamp | None = None  # the weight it was packed from
 
     def packed_weight(self) -> Tensor:
-        """The packed copy of the weight, (re)made if there is none or the weight changed in place
-        since (in-place changes bump a tensor's version; tensors made under inference_mode keep
-        none: for those, changing the weight after the first call is the caller's to avoid)."""
-        version = None if self.weight.is_inference() else self.weight._version
-        if self.packed is None or version != self.packed_version:
+        """The packed copy of the weight, (re)made if there is none or the weight changed since
+        (see `WeightStamp`: in place, replaced, or moved to another dtype and back)."""
+        if self.packed is None or not self.packed_for.matches(self.weight):
             self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), 64)
-            self.packed_version = version
+            self.packed_for = WeightStamp(self.weight)
         return self.packed
 
     def rows_if_packed(self, x: Tensor) -> int | None:
@@ -108,7 +127,7 @@ class PackedLinear(nn.Module):
     # The packed weight is an opaque oneDNN tensor that can be neither copied nor pickled (and
     # MKL's packed buffers must not move): copies and pickles carry the weight and pack again.
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "packed": None, "packed_version": None}
+        return {**super().__getstate__(), "packed": None, "packed_for": None}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for MKL"
@@ -186,14 +205,8 @@ class ArgmaxHead:
         if head.weight.size(0) < (self.CHUNKS + 1) * self.CHUNK:
             raise ValueError(f"ArgmaxHead needs a vocabulary of at least {(self.CHUNKS + 1) * self.CHUNK} tokens, "
                              f"got {head.weight.size(0)}")
-        self.prepared_for: tuple | None = None
+        self.prepared_for: WeightStamp | None = None
         self.prepare()
-
-    @staticmethod
-    def weight_key(weight: Tensor) -> tuple:
-        """What identifies a weight's current values: storage, version (None for tensors made
-        under inference_mode, which keep none), device and dtype."""
-        return (weight.data_ptr(), None if weight.is_inference() else weight._version, weight.device, weight.dtype)
 
     def prepare(self) -> None:
         """The bf16 copy of the head's weight, padded with zero rows to whole chunks, and ε per
@@ -209,7 +222,7 @@ class ArgmaxHead:
         # d·2⁻²⁴ on each side (the bf16 product's accumulation and the candidates' rescoring).
         unit = 2.0 ** -8
         self.error_per_norm = (3.1 * unit + 2 * d * 2.0 ** -24) * float(torch.linalg.vector_norm(weight, dim=1).max())
-        self.prepared_for = self.weight_key(self.head.weight)
+        self.prepared_for = WeightStamp(self.head.weight)
 
     def __call__(self, states: Tensor, banned: tuple[int, ...] = ()) -> Tensor:
         """(b, d) final decoder states -> (b,) each row's highest-logit token id, `banned` ids
@@ -219,7 +232,7 @@ class ArgmaxHead:
             logits = F.linear(states, weight)
             logits[:, list(banned)] = float("-inf")
             return logits.max(-1).indices
-        if self.weight_key(self.head.weight) != self.prepared_for:
+        if not self.prepared_for.matches(self.head.weight):
             self.prepare()
         b = states.size(0)
         approx = F.linear(states.to(torch.bfloat16), self.weight_bf16).float()  # (b, V padded)

@@ -135,6 +135,37 @@ def test_resume_skips_trained_batches_of_that_epoch_only():
     assert len(list(sampler)) == len(sampler)  # later epochs are whole
 
 
+def test_loader_resumed_after_an_epochs_last_batch_starts_the_next_epoch():
+    # A checkpoint written after the last batch of epoch 1 (every_n_train_steps landing there)
+    # but before the epoch ended: the next iterator is epoch 2's, whole, not an empty epoch 1.
+    from pipeline.datamodule import ResumableLoader
+
+    lengths = random_lengths(100, seed=4)
+    sampler = TokenBucketSampler(lengths, 80, seed=1)
+    loader = ResumableLoader(list(range(100)), batch_sampler=sampler, collate_fn=list)
+    sampler.set_epoch(1)
+    done = len(sampler)
+    loader.load_state_dict({"epoch": 1, "batches_done": done})
+    sampler_next = TokenBucketSampler(lengths, 80, seed=1)
+    sampler_next.set_epoch(2)
+    assert list(loader) == list(sampler_next)
+    loader.load_state_dict({"epoch": 1, "batches_done": 2})  # mid-epoch: the rest of epoch 1
+    sampler_next.set_epoch(1)
+    assert list(loader) == list(sampler_next)[2:]
+
+
+def test_loader_iteration_draws_nothing_from_the_global_generator():
+    # The random states a checkpoint restores must be the ones the next step uses: a resumed
+    # run makes its iterator before they are restored, an uninterrupted one after.
+    from pipeline.datamodule import ResumableLoader
+
+    loader = ResumableLoader(list(range(10)), batch_sampler=TokenBucketSampler([3] * 10, 9, seed=0),
+                             collate_fn=list)
+    state = torch.get_rng_state()
+    list(loader)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 # --- collate ------------------------------------------------------------------------------
 
 def test_collate_places_specials_and_pads():

@@ -4,13 +4,14 @@ shim for checkpoints written before the schema was versioned, and averaging."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import SEED
-from pipeline.checkpoints import (FORMAT, average_checkpoints, load_checkpoint, read_checkpoint, save_atomically,
-                                  save_checkpoint, upgrade_hparams)
+from pipeline.checkpoints import (FORMAT, average_checkpoints, epoch_checkpoints, load_checkpoint, read_checkpoint,
+                                  save_atomically, save_checkpoint, upgrade_hparams)
 from pipeline.decoding import DecodingConfig
 from pipeline.errors import UserError
 from pipeline.model import TransformerConfig
@@ -105,3 +106,52 @@ def test_average_of_checkpoints_is_elementwise_mean(ckpt, tmp_path):
     save_checkpoint(tmp_path / "other.ckpt", base, other, loaded.tokenizer, loaded.languages)
     with pytest.raises(UserError, match="different model config"):
         average_checkpoints([paths[0], tmp_path / "other.ckpt"], tmp_path / "bad.ckpt")
+
+
+def test_atomic_save_leaves_no_temporary_file_when_writing_fails(tmp_path, monkeypatch):
+    def crash(obj, f):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_atomically({"step": 2}, tmp_path / "a.ckpt")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="is a directory"):
+        save_atomically({"step": 2}, tmp_path)
+
+
+def test_average_refuses_to_replace_a_checkpoint_unasked(ckpt, tmp_path):
+    # Written over last.ckpt, an average (weights only) would leave the run unable to resume;
+    # written over one of its own inputs, it would lose an epoch.
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    for name in ("epoch000.ckpt", "epoch001.ckpt", "last.ckpt"):
+        (run / name).write_bytes(Path(ckpt).read_bytes())
+    before = (run / "last.ckpt").read_bytes()
+    with pytest.raises(UserError, match="exists.*--overwrite"):
+        average_checkpoints([run / "epoch000.ckpt", run / "epoch001.ckpt"], run / "last.ckpt")
+    assert (run / "last.ckpt").read_bytes() == before
+    with pytest.raises(UserError, match="one of the checkpoints being averaged"):
+        average_checkpoints([run / "epoch000.ckpt", run / "epoch001.ckpt"], run / "epoch001.ckpt", overwrite=True)
+    average_checkpoints([run / "epoch000.ckpt", run / "epoch001.ckpt"], run / "avg.ckpt")
+    average_checkpoints([run / "epoch000.ckpt", run / "epoch001.ckpt"], run / "avg.ckpt", overwrite=True)
+    with pytest.raises(UserError, match="--last must be >= 1"):
+        epoch_checkpoints(run.parent, 0)
+    assert epoch_checkpoints(run.parent, 1) == [run / "epoch001.ckpt"]
+
+
+def test_average_command_takes_checkpoints_as_the_shell_lists_them(ckpt, tmp_path, capsys):
+    from pipeline.cli import main as cli_main
+
+    paths = [tmp_path / "a.ckpt", tmp_path / "b.ckpt"]
+    for p in paths:
+        p.write_bytes(Path(ckpt).read_bytes())
+    cli_main(["average", "--ckpts", str(paths[0]), str(paths[1]), "--out", str(tmp_path / "avg.ckpt")])
+    assert read_checkpoint(tmp_path / "avg.ckpt")["averaged_from"] == [str(p) for p in paths]
+    for argv in (["--ckpts", "--out", str(tmp_path / "x.ckpt")], ["--ckpts", "[]", "--out", str(tmp_path / "x.ckpt")],
+                 ["--ckpts", str(paths[0]), "--out", str(tmp_path / "avg.ckpt")]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["average", *argv])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.startswith("error: ")

@@ -270,3 +270,44 @@ def test_empty_files(tmp_path, name):
 def test_tsv_row_with_a_stray_tab(tmp_path):
     (tmp_path / "bad.tsv").write_text("de\ten\nHallo\tHello\nzu\tviele\tSpalten\n", encoding="utf-8")
     assert "cannot load data" in one_line_error(str(tmp_path / "bad.tsv"), None, "de", "en")
+
+
+def test_a_carriage_return_inside_a_line_is_named_not_read_as_a_line_end(tmp_path):
+    # Read with universal newlines, "Ein Hund\rläuft." would become two lines and pair every later
+    # German sentence with the wrong English one; "\r\n" line ends are fine.
+    (tmp_path / "train.de").write_bytes("Ein Hund läuft.\r\nZwei\rKatzen.\r\nDrei Vögel.\r\n".encode())
+    (tmp_path / "train.en").write_bytes(b"A dog runs.\nTwo cats.\nThree birds.\n")
+    message = one_line_error(str(tmp_path / "train"), None, "de", "en")
+    assert f"{tmp_path / 'train.de'} line 2" in message and "carriage return" in message
+    (tmp_path / "train.de").write_bytes("Ein Hund läuft.\r\nZwei Katzen.\r\nDrei Vögel.\r\n".encode())
+    assert pairs_of(load_split(str(tmp_path / "train"), None, "de", "en", cache_dir=str(tmp_path / "c")))[1] == \
+        ("Zwei Katzen.", "Two cats.")
+    (tmp_path / "pairs.tsv").write_bytes(b"de\ten\nEin Hund\tA dog\nZwei\rKatzen\tTwo cats\n")
+    assert "pairs.tsv line 3" in one_line_error(str(tmp_path / "pairs.tsv"), None, "de", "en")
+
+
+def test_line_end_check_across_read_blocks(tmp_path, monkeypatch):
+    # A "\r\n" split between two blocks is a line end; a lone "\r" at a block's end is not.
+    path = tmp_path / "a.de"
+    path.write_bytes(b"abc\r\nde\rf\n")
+
+    class SmallBlocks:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n):
+            return self.f.read(4 if n > 1 else n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_open = open
+    monkeypatch.setattr(data_module, "open", lambda p, mode="r", **kw: SmallBlocks(real_open(p, mode, **kw)),
+                        raising=False)
+    with pytest.raises(UserError, match="line 2"):
+        data_module.check_line_ends(path)
+    path.write_bytes(b"abc\r\nde\r\nf\r")  # the last "\r" ends the last line
+    data_module.check_line_ends(path)

@@ -103,8 +103,20 @@ def test_non_empty_output_needs_overwrite(tmp_path, capsys):
         cli_main(["export", "--ckpt", str(ckpt), "--out", str(out)])
     assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").exists()
+    # --overwrite replaces an earlier export, never a directory with other files in it (a run
+    # directory or `--out .` given by mistake).
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["export", "--ckpt", str(ckpt), "--out", str(out), "--overwrite"])
+    assert exit_info.value.code == 2 and "keep.txt" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    cli_main(["export", "--ckpt", str(ckpt), "--out", str(out)])
+    (out / "model.safetensors").write_bytes(b"stale")
     cli_main(["export", "--ckpt", str(ckpt), "--out", str(out), "--overwrite"])
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").read_bytes() != b"stale"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["export", "--ckpt", str(ckpt), "--out", str(out / "config.json")])
+    assert exit_info.value.code == 2 and "is a file" in capsys.readouterr().err
 
 
 def ctranslate2_tokens(checkpoint, sentences: list[str]) -> list[list[str]]:

@@ -83,3 +83,24 @@ def test_merge_eval_outputs_deduplicates_rows_across_ranks():
     nll, tokens, rows = merge_eval_outputs([rank0, rank1])
     assert (nll, tokens) == (21.0, 11)
     assert rows == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
+
+
+def test_grad_norm_is_computed_on_the_steps_whose_metrics_lightning_writes():
+    # Lightning writes logged training metrics after optimizer step n (1-based) when n is a multiple
+    # of log_every_n_steps; on_before_optimizer_step runs with global_step = n - 1. A norm computed
+    # on another step would be written steps late (or, on the first steps, not at all).
+    from types import SimpleNamespace
+
+    module = TranslationModule(tiny_config())
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    trainer = SimpleNamespace(log_every_n_steps=5, global_step=0)
+    module._trainer = trainer
+    logged = []
+    module.log = lambda name, value, **kwargs: logged.append((trainer.global_step, name, float(value)))
+    for step in range(12):
+        trainer.global_step = step
+        module.on_before_optimizer_step(None)
+    count = sum(p.numel() for p in module.parameters())
+    assert [(s, name) for s, name, _ in logged] == [(4, "train/grad_norm"), (9, "train/grad_norm")]
+    assert logged[0][2] == pytest.approx(math.sqrt(count))

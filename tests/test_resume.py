@@ -47,6 +47,25 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
         assert torch.equal(whole[name], resumed[name]), name
 
 
+@pytest.mark.slow
+def test_resume_from_an_end_of_epoch_checkpoint_equals_uninterrupted_run(tmp_path):
+    # `make train` cut by a session's end resumes from last.ckpt, written after an epoch's
+    # validation: the next epoch must get its own batch order and random draws, not the finished
+    # epoch's again (the loader's iterator is made before Lightning advances its epoch counter).
+    args = ["--config", "configs/smoke.yaml", "--data.train_limit", "300", "--data.val_limit", "10",
+            "--trainer.enable_progress_bar", "false", "--final.enabled", "false", "--run.root", tmp_path]
+    run_cli("fit", *args, "--run.name", "whole", "--trainer.max_epochs", "3")
+    run_cli("fit", *args, "--run.name", "cut", "--trainer.max_epochs", "1")
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+    run_cli("fit", *args, "--run.name", "cut", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    whole, resumed = weights(tmp_path / "whole/checkpoints/last.ckpt"), weights(last)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == \
+        torch.load(tmp_path / "whole/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+
+
 def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
     proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--data.train_limit", "200",
                    "--train.lr", "1e30", "--train.warmup_steps", "1", "--trainer.gradient_clip_val", "null",

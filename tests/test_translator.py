@@ -182,6 +182,14 @@ def test_packed_linear_runs_the_packed_kernel_only_where_it_is_right():
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), linear(x))
         assert "mkl::_mkl_linear" in ops_run(packed, x)
+    # Replaced without an in-place change (the version stays): a dtype round trip, an assigning load.
+    packed.to(torch.bfloat16).to(torch.float32)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), torch.nn.functional.linear(x, packed.weight, packed.bias))
+    fresh = torch.nn.Linear(32, 48)
+    packed.load_state_dict(fresh.state_dict(), assign=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), fresh(x))
 
 
 def test_weights_are_packed_only_where_a_packed_product_runs():
@@ -372,13 +380,13 @@ def test_argmax_head_breaks_exact_ties_as_max_does():
 def test_argmax_head_finds_the_fp32_tokens_when_bf16_cannot_rank_the_candidates():
     """Force the second stage for every row (the candidates' bound never clears): every token
     is rescored in fp32, banned ones excluded, and the same tokens come out."""
-    from pipeline.translator import ArgmaxHead
+    from pipeline.translator import ArgmaxHead, WeightStamp
 
     weight, states = argmax_case(seed=1)
     weight[1] = states[5]  # a banned token that would win row 5
     head = ArgmaxHead(lm_head(weight))
     head.error_per_norm = float("inf")
-    head.prepared_for = head.weight_key(head.head.weight)
+    head.prepared_for = WeightStamp(head.head.weight)
     assert torch.equal(head(states, (0, 1)), fp32_tokens(weight, states, (0, 1)))
 
 
