@@ -77,12 +77,10 @@ def upgrade_args(argv: list[str]) -> list[str]:
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
         new = DEPRECATED_FLAGS.get(flag)
-        if new is None and flag.startswith("--model."):
-            key = flag[len("--model."):]
-            moved = upgrade_hparams({key: None})
-            group = next(g for g in ("model", "train", "decoding") if moved[g])
-            if group != "model":
-                new = f"--{group}.{next(iter(moved[group]))}"
+        if new is None and flag.startswith("--model.") and flag[len("--model."):] in moved_model_keys():
+            moved = upgrade_hparams({flag[len("--model."):]: None})
+            group = next(g for g in ("train", "decoding") if moved[g])
+            new = f"--{group}.{next(iter(moved[group]))}"
         if new is not None:
             print(f"deprecated: {flag} is now spelled {new}", file=sys.stderr)
             arg = new + eq + value
@@ -90,6 +88,18 @@ def upgrade_args(argv: list[str]) -> list[str]:
             arg = (flag + eq if eq else "") + upgrade_config_file(value if eq else arg)
         out.append(arg)
     return out
+
+
+def moved_model_keys() -> set[str]:
+    """The settings that `model:` held before `train:` and `decoding:` existed: those fields of
+    TrainConfig and DecodingConfig, and val_beam (now decoding.beam). Other --model.* keys are
+    left for the parser to reject as unknown, not renamed into another group."""
+    from pipeline.decoding import DecodingConfig
+    from pipeline.model import TransformerConfig
+    from pipeline.module import TrainConfig  # (imports Lightning: only asked for with --model.* flags)
+
+    names = {f.name for f in fields(DecodingConfig)} | {f.name for f in fields(TrainConfig)} | {"val_beam"}
+    return names - {f.name for f in fields(TransformerConfig)}
 
 
 def upgrade_config_file(path: str) -> str:
@@ -109,10 +119,13 @@ def upgrade_config_file(path: str) -> str:
     model_keys = {f.name for f in fields(TransformerConfig)}
     if not isinstance(section, dict) or set(section) <= model_keys:
         return path
-    moved = upgrade_hparams(section)
+    stale = [k for k in section if k in moved_model_keys()]  # other unknown keys: the parser names them
+    if not stale:
+        return path
+    moved = upgrade_hparams({k: section[k] for k in stale})
     print(f"deprecated: {path} keeps training settings under model:; they now live under train: and decoding: "
-          f"({', '.join(k for k in section if k not in model_keys)})", file=sys.stderr)
-    config["model"] = moved["model"]
+          f"({', '.join(stale)})", file=sys.stderr)
+    config["model"] = {k: v for k, v in section.items() if k not in stale}
     for group in ("train", "decoding"):
         if moved[group]:
             config[group] = {**moved[group], **(config.get(group) or {})}

@@ -37,6 +37,16 @@ def finalize(run: str) -> None:
 
 
 
+def output_directory(out: str | Path) -> Path:
+    """`out`, created: checked before any work, so that a wrong --out fails in a second, not
+    after a whole split has been decoded."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: name a directory for the results")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str | None = None,
              beam: int | None = None, length_penalty: float | None = None, batch_size: int = 128,
              max_tokens: int = 8192, quantize: str | None = None, workers: int | None = None) -> None:
@@ -62,6 +72,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
     from pipeline.metrics import corpus_scores
     from pipeline.translator import Translator
 
+    out_dir = output_directory(out)
     translator = Translator.from_checkpoint(ckpt, beam=beam, length_penalty=length_penalty, device="auto",
                                             batch_size=batch_size, max_tokens=max_tokens, quantize=quantize,
                                             workers=workers)
@@ -71,6 +82,10 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
     elif split is None:
         raise UserError(f"--split is required for {data} (e.g. --split test)")
     pairs = load_split(data, split, src_lang, tgt_lang, name=name)
+    empty = [i for i, reference in enumerate(pairs["tgt"]) if not reference.strip()]
+    if empty:  # (a missing field reads as ""): scored, it would lower BLEU for nothing the model did
+        raise UserError(f"{len(empty)} of {len(pairs)} references in {data}{f' [{split}]' if split else ''} are empty "
+                        f"or missing (the first: row {empty[0] + 1}): drop those pairs or fix the data")
     start = time.perf_counter()
     hyps = translator.translate(pairs["src"])
     seconds = time.perf_counter() - start
@@ -86,8 +101,6 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         "truncated": translator.truncated, "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(hyps) / seconds, 1),
     }
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  (lowercased BLEU {metrics['bleu_lowercase']:.2f}) "
@@ -206,8 +219,9 @@ def attention(ckpt: str, text: str, out: str, target: str | None = None, dpi: in
 
     if target is not None and not target.strip():
         raise UserError("--target is empty: pass a target sentence or leave --target out to use the translation")
-    if dpi < 10:
-        raise UserError(f"--dpi must be >= 10, got {dpi}")
+    if not 10 <= dpi <= 1000:
+        raise UserError(f"--dpi must be between 10 and 1000, got {dpi}")
+    output_directory(out)
     checkpoint = load_checkpoint(ckpt)
     maps = compute_attention(checkpoint.model, checkpoint.tokenizer, text, target, checkpoint.decoding)
     written = write_heatmaps(maps, out, dpi)

@@ -42,6 +42,8 @@ class DecodingConfig:
     def __post_init__(self):
         if self.beam < 1:
             raise ValueError(f"decoding.beam must be >= 1, got {self.beam}")
+        if self.length_penalty < 0:  # would favour short hypotheses ever more the longer they get
+            raise ValueError(f"decoding.length_penalty must be >= 0, got {self.length_penalty}")
         if self.max_len_ratio < 0 or self.max_len_extra < 1:
             raise ValueError(f"decoding.max_len_ratio must be >= 0 and decoding.max_len_extra >= 1, got "
                              f"{self.max_len_ratio} and {self.max_len_extra}")

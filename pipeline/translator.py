@@ -395,6 +395,8 @@ class Translator:
         if workers > 1 and device.type != "cpu":
             raise UserError(f"--workers {workers}: decoding workers run on the CPU only (the model is on "
                             f"{device.type}); drop --workers")
+        if length_penalty is not None and length_penalty < 0:
+            raise UserError(f"--length_penalty must be >= 0 (0: raw log-probability), got {length_penalty}")
         if workers > 1 and not can_fork():
             raise UserError(f"--workers {workers}: decoding workers are forked processes, which need Linux; "
                             "drop --workers")

@@ -158,6 +158,7 @@ def test_fit_unknown_config_key_is_clear_error(tmp_path):
                    check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "d_modle" in proc.stderr
+    assert "deprecated" not in proc.stderr and "--train.d_modle" not in proc.stderr  # a typo, not a moved key
 
 
 def test_fit_empty_split_is_clear_error(tmp_path):
@@ -203,6 +204,18 @@ def test_bad_decoding_options_and_input_encoding(smoke_run, tmp_path):
     ckpt = run / "checkpoints/best.ckpt"
     assert_one_line_error(run_cli("translate", "--ckpt", ckpt, "--beam", "-1", "--text", "Hallo", check=False),
                           "--beam")
+    (tmp_path / "a-file").write_text("x")
+    assert_one_line_error(run_cli("evaluate", "--ckpt", ckpt, "--data", MULTI30K, "--split", "test", "--out",
+                                  tmp_path / "a-file", "--length_penalty", "-5", check=False), "is a file")
+    assert_one_line_error(run_cli("evaluate", "--ckpt", ckpt, "--data", MULTI30K, "--split", "test", "--out",
+                                  tmp_path / "e", "--length_penalty", "-5", check=False), "--length_penalty")
+    missing = tmp_path / "missing-reference.jsonl"
+    missing.write_text(json.dumps({"de": "Ein Hund.", "en": "A dog."}) + "\n" + json.dumps({"de": "Eine Katze.", "en": None})
+                       + "\n", encoding="utf-8")
+    assert_one_line_error(run_cli("evaluate", "--ckpt", ckpt, "--data", missing, "--out", tmp_path / "e", check=False),
+                          "1 of 2 references", "row 2")
+    assert_one_line_error(run_cli("attention", "--ckpt", ckpt, "--text", "Hallo", "--out", tmp_path / "att", "--dpi",
+                                  "100000", check=False), "--dpi")
     latin1 = "Ein Mädchen läuft.\n".encode("latin-1")
     assert_one_line_error(run_cli("translate", "--ckpt", ckpt, input=latin1, check=False), "not UTF-8")
 
