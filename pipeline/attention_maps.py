@@ -66,14 +66,17 @@ def compute_attention(model, tokenizer, text: str, target: str | None = None,
     was_training = model.training
     model.eval()
     try:
+        ends = True  # the last row is the step that predicts EOS
         if target is None:
             hyp = generate(model, src, decoding or DecodingConfig(), beam=1).tokens[0, 0].tolist()
-            hyp = hyp[: hyp.index(EOS)] if EOS in hyp else hyp
+            hyp = [t for t in hyp if t != PAD]
+            ends = EOS in hyp  # cut at the length limit: no step predicted EOS, so there is no such row
+            hyp = hyp[: hyp.index(EOS)] if ends else hyp
             target = decode(tokenizer, [hyp])[0]
         else:
-            hyp = encode(tokenizer, [target])[0][: model.cfg.max_positions - 2]
-        hyp = [t for t in hyp if t != PAD]
-        tgt_in = torch.tensor([[BOS] + hyp], device=device)
+            hyp = [t for t in encode(tokenizer, [target])[0][: model.cfg.max_positions - 2] if t != PAD]
+        inputs, outputs = ([BOS] + hyp, hyp + [EOS]) if ends else ([BOS] + hyp[:-1], hyp)
+        tgt_in = torch.tensor([inputs], device=device)
         memory, src_mask = model.encode(src, need_weights=True)
         encoder_self = [layer.self_attn.weights[0].float().cpu() for layer in model.encoder_layers]
         model.decode(tgt_in, memory, src_mask, need_weights=True)
@@ -86,5 +89,5 @@ def compute_attention(model, tokenizer, text: str, target: str | None = None,
                     attn.weights = None  # do not keep tensors alive in the module
         model.train(was_training)
     return AttentionMaps(source=text, target=target, src_tokens=_tokens(tokenizer, src_ids),
-                         tgt_in_tokens=_tokens(tokenizer, [BOS] + hyp), tgt_out_tokens=_tokens(tokenizer, hyp + [EOS]),
+                         tgt_in_tokens=_tokens(tokenizer, inputs), tgt_out_tokens=_tokens(tokenizer, outputs),
                          encoder_self=encoder_self, decoder_self=decoder_self, cross=cross)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from pipeline.errors import UserError
 from pipeline.tokenizer import BOS, EOS, PAD
 
 
@@ -80,8 +81,8 @@ class TokenBucketSampler(Sampler[list[int]]):
             raise ValueError("lengths must be integers")
         longest = int(self.lengths.max()) if len(self.lengths) else 0
         if max_tokens < longest:
-            raise ValueError(f"data.max_tokens={max_tokens} is smaller than the longest pair "
-                             f"({longest} tokens): raise it or lower data.max_len")
+            raise UserError(f"data.max_tokens={max_tokens} is smaller than the longest pair "
+                            f"({longest} tokens): raise it or lower data.max_len")
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.sort_keys = None if sort_keys is None else np.asarray(sort_keys)
         if self.sort_keys is not None and len(self.sort_keys) != len(self.lengths):
@@ -133,7 +134,8 @@ class TokenBucketSampler(Sampler[list[int]]):
             largest = max(range(len(slices)), key=lambda b: slices[b][1] - slices[b][0])
             start, end = slices.pop(largest)
             if end - start < 2:
-                raise ValueError(f"{len(self.lengths)} sentences cannot fill {self.num_replicas} ranks")
+                raise UserError(f"{len(self.lengths)} sentences cannot fill {self.num_replicas} ranks: use more "
+                                "data for that split or fewer devices")
             middle = start + (end - start) // 2
             slices += [(start, middle), (middle, end)]
         if self.shuffle:

@@ -72,7 +72,8 @@ class TranslationDataModule(L.LightningDataModule):
             of it is held out instead (5%, at most 1,000 pairs), so checkpoints are never
             chosen on training data.
         test_path: a separate file, prefix or dataset directory for `test`.
-        train_limit: keep only the first N training pairs (quick runs); None keeps all.
+        train_limit: keep only the first N training pairs (quick runs); None keeps all. (From a
+            single file, the first N of the pairs the held-out split leaves for training: a random N.)
         val_limit: keep only the first N validation pairs; None keeps all.
         val_max_pairs: validate on a seeded sample of at most N validation pairs (in file
             order), so that decoding a large validation set does not dominate an epoch; None
@@ -105,11 +106,15 @@ class TranslationDataModule(L.LightningDataModule):
         super().__init__()
         for key, value in (("vocab_size", vocab_size), ("max_len", max_len), ("max_tokens", max_tokens),
                            ("eval_max_tokens", eval_max_tokens), ("val_max_pairs", val_max_pairs),
-                           ("tokenizer_sample", tokenizer_sample), ("num_proc", num_proc)):
+                           ("tokenizer_sample", tokenizer_sample), ("num_proc", num_proc),
+                           ("train_limit", train_limit), ("val_limit", val_limit)):
             if value is not None and value <= 0:
                 raise UserError(f"data.{key} must be positive, got {value}")
         if max_ratio is not None and max_ratio < 1:
             raise UserError(f"data.max_ratio must be at least 1 (longer side / shorter side), got {max_ratio}")
+        if max_tokens < max_len:
+            raise UserError(f"data.max_tokens={max_tokens} is smaller than data.max_len={max_len}: a batch could not "
+                            "hold the longest pair; raise data.max_tokens or lower data.max_len")
         if eval_max_tokens < MAX_SOURCE_TOKENS:
             raise UserError(f"data.eval_max_tokens must be at least {MAX_SOURCE_TOKENS} (the longest source "
                             f"validation reads), got {eval_max_tokens}")
@@ -162,7 +167,7 @@ class TranslationDataModule(L.LightningDataModule):
         else:
             ds = self._load_split(self.path, self.split_names[split], self.name)
         limit = self.limits[split]
-        if limit:
+        if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
         if split == "validation" and self.val_max_pairs and len(ds) > self.val_max_pairs:
             self._val_sampled_from = len(ds)

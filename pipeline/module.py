@@ -25,7 +25,7 @@ from pipeline.errors import UserError
 from pipeline.loss import linear_cross_entropy, translation_loss
 from pipeline.metrics import corpus_scores
 from pipeline.model import Transformer, TransformerConfig
-from pipeline.tokenizer import EOS, PAD, decode, load_tokenizer
+from pipeline.tokenizer import EOS, MAX_SOURCE_TOKENS, PAD, decode, load_tokenizer
 
 
 @dataclass
@@ -121,6 +121,12 @@ class TranslationModule(L.LightningModule):
         if self.tokenizer is not None and self.tokenizer.get_vocab_size() > self.config.vocab_size:
             raise UserError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but model.vocab_size is "
                             f"{self.config.vocab_size}: use a tokenizer trained with data.vocab_size <= it")
+        if datamodule is not None:
+            longest = max(datamodule.max_len, MAX_SOURCE_TOKENS)  # training pairs; what validation reads
+            if longest > self.config.max_positions:
+                raise UserError(f"model.max_positions={self.config.max_positions} is shorter than the {longest}-token "
+                                f"sequences this run feeds it (data.max_len={datamodule.max_len}; validation reads up "
+                                f"to {MAX_SOURCE_TOKENS}): raise model.max_positions to at least {longest}")
         if self.train_config.compile and stage == "fit":
             self.model.compile()
 

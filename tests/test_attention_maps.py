@@ -81,3 +81,16 @@ def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["attention", "--ckpt", str(tmp_path / "nope.ckpt"), "--text", "hi", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_translation_cut_at_the_length_limit_has_no_eos_row(module):
+    # Greedy decoding stopped after 2 tokens (the learnt translation is longer) never predicted
+    # EOS: the maps end at the last step computed, not with a "</s>" row nobody decoded.
+    from pipeline.decoding import DecodingConfig
+
+    full = compute_attention(module.model, module.tokenizer, SEED[0])
+    cut = compute_attention(module.model, module.tokenizer, SEED[0], decoding=DecodingConfig(max_len_ratio=0.0,
+                                                                                           max_len_extra=2))
+    assert len(full.tgt_out_tokens) > 3 and cut.tgt_out_tokens == full.tgt_out_tokens[:2]
+    assert cut.tgt_in_tokens == full.tgt_in_tokens[:2] and cut.cross[0].shape[1] == 2
+    torch.testing.assert_close(cut.cross[0], full.cross[0][:, :2])

@@ -72,7 +72,9 @@ def test_without_shuffle_the_order_is_fixed_and_sorted():
 
 
 def test_rejects_budget_below_longest_pair():
-    with pytest.raises(ValueError, match="max_tokens"):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="max_tokens"):
         TokenBucketSampler([5, 80, 7], max_tokens=64)
 
 
@@ -119,7 +121,9 @@ def test_ranks_are_disjoint_cover_everything_and_have_equal_counts(replicas):
 
 
 def test_too_few_sentences_for_the_ranks():
-    with pytest.raises(ValueError, match="ranks"):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="ranks"):
         rank_batches([10], 10, 2)
 
 
@@ -320,8 +324,10 @@ def test_numpy_sampler_ranks_resume_and_padding():
 
 
 def test_empty_and_rejected_inputs():
+    from pipeline.errors import UserError
+
     assert list(TokenBucketSampler(np.array([], dtype=np.int32), 10)) == []
-    with pytest.raises(ValueError, match="max_tokens"):
+    with pytest.raises(UserError, match="max_tokens"):
         TokenBucketSampler(np.array([5, 80, 7]), max_tokens=64)
     with pytest.raises(ValueError, match="sort keys"):
         TokenBucketSampler([5, 6], 64, sort_keys=[1, 2, 3])

@@ -224,7 +224,8 @@ def test_ratio_and_duplicate_filters_counted_in_one_line(tmp_path, messages):
 
 
 @pytest.mark.parametrize("kwargs", [{"max_ratio": 0.5}, {"val_max_pairs": 0}, {"tokenizer_sample": 0},
-                                    {"num_proc": 0}])
+                                    {"num_proc": 0}, {"train_limit": 0}, {"val_limit": -1},
+                                    {"max_tokens": 100, "max_len": 128}])
 def test_datamodule_rejects_bad_new_settings(kwargs):
     with pytest.raises(UserError, match=list(kwargs)[0]):
         TranslationDataModule(**kwargs)
