@@ -330,6 +330,13 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
         _check_text(request.text, "text")
         if request.target is not None:
             _check_text(request.target, "target")
+            from pipeline.tokenizer import MAX_SOURCE_TOKENS, encode
+
+            # The maps grow with target × source per head and layer: a 5,000-character target
+            # would answer with tens of MB, and one past the model's positions would be cut.
+            length = len(encode(translator.tokenizer, [request.target])[0])
+            if length > MAX_SOURCE_TOKENS:
+                raise ApiError(413, f"target is {length} tokens long; the limit is {MAX_SOURCE_TOKENS}")
         result = await run(Job("attention", [request.text], target=request.target,
                                self_attention=request.self_attention))
         return result | {"languages": languages, "warnings": truncation_warnings(result, ["text"])}
@@ -398,13 +405,42 @@ class BodyLimit:
         self.app = app
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         length = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if scope["type"] == "http" and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            from fastapi.responses import JSONResponse
+        if length.isdigit():
+            if int(length) > MAX_BODY_BYTES:
+                return await self.refuse(f"{int(length)} bytes", scope, receive, send)
+            return await self.app(scope, receive, send)
+        # No Content-Length (a chunked body): read it here, up to the limit, then hand it on.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                return await self.refuse(f"over {MAX_BODY_BYTES} bytes", scope, receive, send)
+            if not message.get("more_body"):
+                break
+        body, handed = b"".join(chunks), False
 
-            message = f"request body is {int(length)} bytes; the limit is {MAX_BODY_BYTES}"
-            return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
-        await self.app(scope, receive, send)
+        async def replay():
+            nonlocal handed
+            if handed:
+                return await receive()
+            handed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def refuse(size: str, scope, receive, send) -> None:
+        from fastapi.responses import JSONResponse
+
+        message = f"request body is {size}; the limit is {MAX_BODY_BYTES}"
+        await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
 
 
 def _listen(host: str, port: int) -> socket.socket:

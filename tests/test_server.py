@@ -135,6 +135,7 @@ BAD = [
     ("/attention", {"text": ""}, 422, "text is empty"),
     ("/attention", {"text": "가" * (MAX_CHARS + 1)}, 413, f"limit is {MAX_CHARS}"),
     ("/attention", {"text": "안녕", "target": " "}, 422, "target is empty"),
+    ("/attention", {"text": "안녕", "target": "뷁" * 400}, 413, "limit is 256"),  # ~1,200 byte-fallback tokens
     ("/attention", {}, 422, "text"),
 ]
 
@@ -151,9 +152,14 @@ def test_bad_input_gets_a_one_line_json_error(http, path, body, status, words):
 def test_unknown_routes_methods_and_huge_bodies_get_json_errors(http):
     for response, status, words in ((http.get("/nope"), 404, "/nope"), (http.post("/nope", json={}), 404, "/nope"),
                                     (http.get("/translate"), 405, "use POST"),
-                                    (http.post("/translate", content=b"x" * 3_000_000), 413, "bytes")):
+                                    (http.post("/translate", content=b"x" * 3_000_000), 413, "bytes"),
+                                    # chunked, without a Content-Length: counted as it arrives
+                                    (http.post("/translate", content=iter([b"x" * 1_000_000] * 3)), 413, "bytes")):
         assert response.status_code == status
         assert list(response.json()) == ["error"] and words in response.json()["error"]
+    chunked = http.post("/translate", content=iter([b'{"text": ', json.dumps(SEED[0]).encode(), b"}"]),
+                        headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 200 and chunked.json()["translation"]
     assert http.get("/health").status_code == 200  # still serving
 
 
