@@ -127,6 +127,14 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or not set(REQUIRED) <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (it lacks state_dict, hyper_parameters or "
                         "tokenizer): use one written by `python -m pipeline fit`")
+    if ckpt.get("format", FORMAT) != FORMAT:
+        raise UserError(f"{path} has checkpoint format {ckpt['format']!r}, and this version reads {FORMAT!r}: "
+                        "use the version of the pipeline that wrote it")
+    kinds = {"state_dict": dict, "hyper_parameters": dict, "tokenizer": str}
+    wrong = [key for key, kind in kinds.items() if not isinstance(ckpt[key], kind)]
+    if wrong:
+        raise UserError(f"{path} is damaged ({', '.join(wrong)} of the wrong type): use another .ckpt from "
+                        "runs/<name>/checkpoints/")
     ckpt["hyper_parameters"] = upgrade_hparams(ckpt["hyper_parameters"])
     ckpt.setdefault("languages", None)
     return ckpt
@@ -162,10 +170,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     try:
         config = TransformerConfig(**hp["model"])
         decoding = DecodingConfig(**hp["decoding"])
-        tokenizer = load_tokenizer(ckpt["tokenizer"])
     except (TypeError, ValueError) as e:
         raise UserError(f"{path} holds a model config this version cannot read ({e}): use a checkpoint "
                         "written by this version of the pipeline") from None
+    try:
+        tokenizer = load_tokenizer(ckpt["tokenizer"])
+    except Exception as e:  # tokenizers raises plain Exception for a malformed JSON
+        raise UserError(f"{path} holds a tokenizer that cannot be read ({str(e).splitlines()[0][:80]}): the file "
+                        "is damaged or edited") from None
     if not ckpt["languages"]:
         raise UserError(f"{path} records no languages: it was not written by `python -m pipeline fit`")
     model = Transformer(config)

@@ -3,6 +3,7 @@ shim for checkpoints written before the schema was versioned, and averaging."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -155,3 +156,16 @@ def test_average_command_takes_checkpoints_as_the_shell_lists_them(ckpt, tmp_pat
             cli_main(["average", *argv])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hyper_parameters": None}, "damaged (hyper_parameters"),
+    ({"state_dict": [1, 2]}, "damaged (state_dict"),
+    ({"tokenizer": "not json"}, "tokenizer that cannot be read"),
+    ({"format": "pipeline-nmt/3"}, "checkpoint format 'pipeline-nmt/3'"),
+])
+def test_damaged_fields_get_one_clear_error(ckpt, tmp_path, change, message):
+    damaged = torch.load(ckpt, map_location="cpu", weights_only=False) | change
+    torch.save(damaged, tmp_path / "damaged.ckpt")
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_checkpoint(tmp_path / "damaged.ckpt")
