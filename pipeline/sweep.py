@@ -54,9 +54,15 @@ def read_sweep(path: str | Path) -> SweepConfig:
         raise UserError(f"{path}: {e} (keys: name, base, trials, args, space, monitor)") from None
     if not config.space:
         raise UserError(f"{path} has an empty space: give at least one key to search")
+    if not Path(config.base).is_file():
+        raise UserError(f"{path}: base config {config.base} not found (a path such as configs/multi30k.yaml)")
     for key, spec in config.space.items():
         if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
             raise UserError(f"{path}: space.{key} needs either choices: [...] or low: and high:")
+        if "choices" not in spec:
+            low, high = spec["low"], spec["high"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
+                raise UserError(f"{path}: space.{key} needs numbers low <= high, got low: {low!r}, high: {high!r}")
     return config
 
 
@@ -105,7 +111,11 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
             args += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
         print(f"sweep {config.name}: {name} " + " ".join(f"{k}={v}" for k, v in values.items()), flush=True)
         start = time.monotonic()
-        cli = lightning_cli(args, extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=config.monitor)])
+        try:
+            cli = lightning_cli(args, extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=config.monitor)])
+        except SystemExit as e:  # the parser's exit on a bad key or value: a failed trial, not one left running
+            raise UserError(f"{name} stopped before training (exit {e.code}): the message above names the "
+                            f"setting of {sweep_file} to fix") from None
         trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
         score = cli.trainer.checkpoint_callback.best_model_score
         if score is None:

@@ -39,3 +39,20 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path):
     bad.write_text("name: x\nbase: configs/smoke.yaml\nspace: {train.lr: {low: 0.1}}\n")
     proc = run_cli("sweep", "--sweep", bad, check=False)
     assert proc.returncode == 2 and "space.train.lr needs" in proc.stderr
+    for text, words in (("name: x\nbase: configs/nope.yaml\nspace: {train.lr: {low: 0.1, high: 0.2}}\n", "not found"),
+                        ("name: x\nbase: configs/smoke.yaml\nspace: {train.lr: {low: 0.01, high: 0.001}}\n",
+                         "low <= high")):
+        bad.write_text(text)
+        proc = run_cli("sweep", "--sweep", bad, check=False)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_trial_with_a_bad_key_fails_and_is_not_left_running(tmp_path):
+    import sqlite3
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: typo\nbase: configs/smoke.yaml\ntrials: 1\nspace: {train.lrr: {low: 0.001, high: 0.002}}\n")
+    proc = run_cli("sweep", "--sweep", typo, "--root", tmp_path / "sweeps", check=False)
+    assert proc.returncode == 2 and "lrr" in proc.stderr and "trial000 stopped before training" in proc.stderr
+    states = sqlite3.connect(tmp_path / "sweeps/typo/study.db").execute("select state from trials").fetchall()
+    assert states == [("FAIL",)]
