@@ -32,9 +32,14 @@ def finalize(run: str) -> None:
     if not config_file.is_file():
         raise UserError(f"no {config_file}: pass a run directory written by `python -m pipeline fit`")
     config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    datamodule = TranslationDataModule(**config["data"])
-    run_finalize(Path(run), datamodule, FinalConfig(**(config.get("final") or {})), argv=["finalize", "--run", run])
-
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        raise UserError(f"{config_file} has no data: section: pass a run directory written by `python -m pipeline fit`")
+    try:
+        datamodule = TranslationDataModule(**config["data"])
+        final = FinalConfig(**(config.get("final") or {}))
+    except TypeError as e:  # a key this version does not know
+        raise UserError(f"{config_file}: {e}: fix or remove that key") from None
+    run_finalize(Path(run), datamodule, final, argv=["finalize", "--run", run])
 
 
 def output_directory(out: str | Path) -> Path:

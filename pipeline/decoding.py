@@ -5,10 +5,11 @@ through `generate`, which owns the length limit and the choice of greedy or beam
 
 Both start every hypothesis from BOS, stop a row at EOS and never run past its `max_len`
 new tokens (one bound for all rows, or one per row so that a sentence's translation does
-not depend on what else is in its batch). PAD and BOS are never generated. The model only
-needs `encode`, `decode(tgt, memory, src_mask, cache)` and `new_cache(reuse_logits)` (logits
-may then live in one buffer that the next step overwrites), so the search can be tested on a
-hand-made model; greedy decoding uses the model's `argmax_head` and `decode(..., project=False)`
+not depend on what else is in its batch). PAD and BOS are never generated. The searches
+(`greedy_decode`, `beam_search`) only need a model's `encode`, `decode(tgt, memory, src_mask,
+cache)` and `new_cache(reuse_logits)` (logits may then live in one buffer that the next step
+overwrites), so they can be tested on a hand-made model; `generate` also reads
+`model.cfg.max_positions` for its length limit; greedy decoding uses the model's `argmax_head` and `decode(..., project=False)`
 where it has a head set (see next_tokens).
 """
 

@@ -450,7 +450,8 @@ class Translator:
     @torch.inference_mode()
     def nbest(self, sentence: str, k: int | None = None) -> list[tuple[str, float]]:
         """The k best beam hypotheses for one sentence (k defaults to the beam size; the beam
-        widens to k if needed), best first, with their scores (log p / length^length_penalty)."""
+        widens to k if needed), best first, with their scores (log p / length^length_penalty).
+        An empty or blank sentence has one hypothesis whatever k is: ("", 0.0), nothing decoded."""
         k = self.decoding.beam if k is None else k
         if k < 1:
             raise UserError(f"nbest k must be >= 1, got {k}")

@@ -54,3 +54,17 @@ def test_choice_is_made_on_validation_and_written_once(seed_run, tmp_path):
     assert (other["chosen_from"], other["beam"], other["length_penalty"]) == \
         (results["chosen_from"], results["beam"], results["length_penalty"])
     assert other["test"]["bleu"] < results["test"]["bleu"]
+
+
+def test_finalize_command_names_a_bad_run_config(tmp_path, capsys):
+    import pytest
+
+    from pipeline.cli import main as cli_main
+
+    for text, words in (("", "no data: section"), ("final: {}\n", "no data: section"),
+                        ("data: {path: x}\nfinal: {beams: [1], nope: 2}\n", "nope")):
+        (tmp_path / "config.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["finalize", "--run", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and words in err and err.count("\n") == 1
