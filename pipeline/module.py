@@ -112,6 +112,7 @@ class TranslationModule(L.LightningModule):
         self._eval = []
         self._t_last = None
         self._rng_states = None  # restored from a checkpoint, applied when training starts
+        self._step_tokens = 0  # real target tokens of the micro-batches since the last optimizer step
 
     # -- tokenizer travels inside the checkpoint -------------------------------------------
     def setup(self, stage: str) -> None:
@@ -183,14 +184,31 @@ class TranslationModule(L.LightningModule):
             tokens = int((batch.src != PAD).sum()) + batch.n_tokens
             self.log("train/tokens_per_sec", tokens / (now - self._t_last), batch_size=batch.src.size(0))
         self._t_last = now
-        return loss
+        # Every real target token of an optimizer step weighs the same, whatever micro-batch or
+        # rank it is on (as fairseq and Marian do): the summed loss goes back here, and
+        # on_before_optimizer_step divides the gradients by the step's tokens. A per-batch mean
+        # would weigh a token of a 1,000-token batch twice as much as one of a full batch when
+        # batches are accumulated or split over ranks.
+        tokens = batch.n_tokens
+        self._step_tokens += tokens
+        return loss * tokens
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        # Lightning divided each micro-batch's loss by accumulate_grad_batches, DDP averaged the
+        # ranks' gradients: undone here, and the sum divided by the tokens of every micro-batch
+        # and rank of this step.
+        tokens, world = self._step_tokens, self.trainer.world_size
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            total = torch.tensor(tokens, dtype=torch.int64, device=self.device)
+            dist.all_reduce(total)
+            tokens = int(total.item())
+        self._step_tokens = 0
+        torch._foreach_mul_(grads, self.trainer.accumulate_grad_batches * world / max(tokens, 1))
         # Only on the steps whose metrics reach the logger (Lightning writes them after optimizer
         # step number global_step + 1 when that is a multiple of log_every_n_steps): the norm
         # costs a pass over every gradient, and one computed on another step would be logged late.
         if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
-            grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.stack(torch._foreach_norm(grads)).norm(), batch_size=1)
 
     def configure_optimizers(self):

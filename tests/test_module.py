@@ -94,7 +94,7 @@ def test_grad_norm_is_computed_on_the_steps_whose_metrics_lightning_writes():
     module = TranslationModule(tiny_config())
     for p in module.parameters():
         p.grad = torch.ones_like(p)
-    trainer = SimpleNamespace(log_every_n_steps=5, global_step=0)
+    trainer = SimpleNamespace(log_every_n_steps=5, global_step=0, world_size=1, accumulate_grad_batches=1)
     module._trainer = trainer
     logged = []
     module.log = lambda name, value, **kwargs: logged.append((trainer.global_step, name, float(value)))
@@ -104,3 +104,30 @@ def test_grad_norm_is_computed_on_the_steps_whose_metrics_lightning_writes():
     count = sum(p.numel() for p in module.parameters())
     assert [(s, name) for s, name, _ in logged] == [(4, "train/grad_norm"), (9, "train/grad_norm")]
     assert logged[0][2] == pytest.approx(math.sqrt(count))
+
+
+def test_every_target_token_of_an_optimizer_step_weighs_the_same():
+    # Two accumulated micro-batches of 2 and 6 real target tokens: the step's gradients are those
+    # of the mean over all 8 tokens (not the mean of the two batch means), as Lightning runs it:
+    # each returned loss divided by accumulate_grad_batches, backward, then the hook.
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    module = TranslationModule(tiny_config(), TrainConfig(label_smoothing=0.1))
+    module.log = lambda *args, **kwargs: None
+    module.optimizers = lambda: SimpleNamespace(param_groups=[{"lr": 0.0}])
+    module._trainer = SimpleNamespace(log_every_n_steps=50, global_step=0, world_size=1, accumulate_grad_batches=2)
+    short = collate([{"src_ids": [5, 6, 7], "tgt_ids": [8], "index": 0}])  # 1 token + EOS
+    long = collate([{"src_ids": [5, 6], "tgt_ids": [9, 10, 11, 12, 13], "index": 1}])  # 5 tokens + EOS
+    assert (short.n_tokens, long.n_tokens) == (2, 6)
+    module.eval()  # no dropout: the two ways must agree
+    for batch in (short, long):
+        (module.training_step(batch, 0) / 2).backward()
+    module.on_before_optimizer_step(None)
+    stepped = {name: p.grad.clone() for name, p in module.named_parameters()}
+    module.zero_grad()
+    total = (token_cross_entropy(module.model(short.src, short.tgt_in), short.tgt_out, 0.1, reduction="sum")
+             + token_cross_entropy(module.model(long.src, long.tgt_in), long.tgt_out, 0.1, reduction="sum")) / 8
+    total.backward()
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(stepped[name], p.grad, msg=name)
