@@ -12,6 +12,7 @@ from datetime import timedelta
 import lightning as L
 import numpy as np
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pipeline.checkpoints import save_atomically
 from pipeline.errors import UserError
@@ -155,3 +156,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         save_atomically(checkpoint, path)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt after every validation, improved or not (Lightning's `save_last`
+    writes it only when a top-k checkpoint is written, i.e. with best.ckpt), so that
+    `--ckpt_path last` resumes from the newest state, not from the best epoch. A class of its
+    own: its state key differs from a plain ModelCheckpoint's (Lightning refuses two alike)."""
+
+    def __init__(self, dirpath):
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, auto_insert_metric_name=False,
+                         enable_version_counter=False)

@@ -158,6 +158,11 @@ def list_values(function: Callable, argv: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if eq and flag in lists:  # --ckpts=A: one value
+            out += [flag, value if value.lstrip().startswith("[") else json.dumps([value])]
+            i += 1
+            continue
         if arg not in lists or i + 1 < len(argv) and argv[i + 1].lstrip().startswith("["):
             out.append(arg)
             i += 1

@@ -37,18 +37,17 @@ def finalize(run: str) -> None:
     try:
         datamodule = TranslationDataModule(**config["data"])
         final = FinalConfig(**(config.get("final") or {}))
-    except TypeError as e:  # a key this version does not know
-        raise UserError(f"{config_file}: {e}: fix or remove that key") from None
+    except (TypeError, ValueError) as e:  # a key this version does not know, a value out of range
+        raise UserError(f"{config_file}: {e}: fix that setting") from None
     run_finalize(Path(run), datamodule, final, argv=["finalize", "--run", run])
 
 
 def output_directory(out: str | Path) -> Path:
-    """`out`, created: checked before any work, so that a wrong --out fails in a second, not
-    after a whole split has been decoded."""
+    """`out`, checked before any work (so that a wrong --out fails in a second, not after a
+    whole split has been decoded) but made only when there is something to write into it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: name a directory for the results")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -106,6 +105,7 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
         "truncated": translator.truncated, "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(hyps) / seconds, 1),
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  (lowercased BLEU {metrics['bleu_lowercase']:.2f}) "

@@ -500,14 +500,16 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict:
         # Checkpoints are written in on_train_batch_end, after the batch is processed but
-        # before Lightning counts it as completed, or after an epoch's validation.
-        return {"epoch": self.trainer.current_epoch,
-                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        # before Lightning counts it as completed, or after an epoch's validation. An epoch is
+        # over after its last batch, or after trainer.limit_train_batches of them.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches_done": done,
+                "epoch_over": done >= self.trainer.num_training_batches}
 
     def load_state_dict(self, state: dict) -> None:
         epoch, done = state["epoch"], state["batches_done"]
         self.batch_sampler.set_epoch(epoch)
-        if done >= len(self.batch_sampler):  # that epoch is over: the next one starts from its first batch
+        if state.get("epoch_over", done >= len(self.batch_sampler)):  # the next epoch starts from its first batch
             epoch, done = epoch + 1, 0
         self.batch_sampler.resume(epoch, done)
         self._resumed_epoch = epoch

@@ -43,6 +43,14 @@ class FinalConfig:
     length_penalties: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])
     max_average: int = 10
 
+    def __post_init__(self):
+        if not self.beams or min(self.beams) < 1:
+            raise ValueError(f"final.beams must be beam sizes >= 1, got {self.beams}")
+        if not self.length_penalties or min(self.length_penalties) < 0:
+            raise ValueError(f"final.length_penalties must be >= 0, got {self.length_penalties}")
+        if self.max_average < 0:
+            raise ValueError(f"final.max_average must be >= 0 (0: no averages), got {self.max_average}")
+
 
 def score(translator: Translator, pairs) -> dict:
     """BLEU, chrF and signature of a translator on a split's pairs (columns src, tgt)."""

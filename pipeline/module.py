@@ -113,6 +113,7 @@ class TranslationModule(L.LightningModule):
         self._t_last = None
         self._rng_states = None  # restored from a checkpoint, applied when training starts
         self._step_tokens = 0  # real target tokens of the micro-batches since the last optimizer step
+        self._token_unit = 4096  # tokens the returned loss is counted in: data.max_tokens once set up
 
     # -- tokenizer travels inside the checkpoint -------------------------------------------
     def setup(self, stage: str) -> None:
@@ -123,10 +124,12 @@ class TranslationModule(L.LightningModule):
             raise UserError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but model.vocab_size is "
                             f"{self.config.vocab_size}: use a tokenizer trained with data.vocab_size <= it")
         if datamodule is not None:
-            longest = max(datamodule.max_len, MAX_SOURCE_TOKENS)  # training pairs; what validation reads
+            self._token_unit = getattr(datamodule, "max_tokens", self._token_unit)
+            longest = max(getattr(datamodule, "max_len", 0), MAX_SOURCE_TOKENS)  # training pairs; validation's
             if longest > self.config.max_positions:
                 raise UserError(f"model.max_positions={self.config.max_positions} is shorter than the {longest}-token "
-                                f"sequences this run feeds it (data.max_len={datamodule.max_len}; validation reads up "
+                                f"sequences this run feeds it (data.max_len={getattr(datamodule, 'max_len', None)}; "
+                                f"validation reads up "
                                 f"to {MAX_SOURCE_TOKENS}): raise model.max_positions to at least {longest}")
         if self.train_config.compile and stage == "fit":
             self.model.compile()
@@ -191,7 +194,9 @@ class TranslationModule(L.LightningModule):
         # batches are accumulated or split over ranks.
         tokens = batch.n_tokens
         self._step_tokens += tokens
-        return loss * tokens
+        # (In units of a full batch, so that the backward pass keeps the size a mean's has: fp16's
+        # GradScaler would otherwise overflow at its first steps.)
+        return loss * (tokens / self._token_unit)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
@@ -204,7 +209,7 @@ class TranslationModule(L.LightningModule):
             dist.all_reduce(total)
             tokens = int(total.item())
         self._step_tokens = 0
-        torch._foreach_mul_(grads, self.trainer.accumulate_grad_batches * world / max(tokens, 1))
+        torch._foreach_mul_(grads, self.trainer.accumulate_grad_batches * world * self._token_unit / max(tokens, 1))
         # Only on the steps whose metrics reach the logger (Lightning writes them after optimizer
         # step number global_step + 1 when that is a multiple of log_every_n_steps): the norm
         # costs a pass over every gradient, and one computed on another step would be logged late.

@@ -70,7 +70,8 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from pipeline.callbacks import AtomicCheckpointIO, AttentionImageCallback, ProgressLog, ReleaseFreedMemory
+    from pipeline.callbacks import (AtomicCheckpointIO, AttentionImageCallback, LastCheckpoint, ProgressLog,
+                                    ReleaseFreedMemory)
     from pipeline.checkpoints import read_checkpoint
     from pipeline.datamodule import TranslationDataModule
     from pipeline.decoding import DecodingConfig
@@ -170,11 +171,6 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
                                              save_top_k=1, auto_insert_metric_name=False,
                                              enable_version_counter=False))
-            # last.ckpt after every validation, improved or not: its own callback, because
-            # Lightning's save_last writes it only when a top-k checkpoint is written (best.ckpt),
-            # and `--ckpt_path last` must resume from the newest state, not from the best epoch.
-            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
-                                             auto_insert_metric_name=False, enable_version_counter=False))
             if cfg.checkpoint.every_n_train_steps:
                 callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                                                  every_n_train_steps=cfg.checkpoint.every_n_train_steps))
@@ -182,6 +178,9 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                 callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", monitor="epoch",
                                                  mode="max", save_top_k=cfg.checkpoint.keep_epochs,
                                                  auto_insert_metric_name=False))
+            # Last of the checkpoint callbacks, so that last.ckpt holds the others' state after
+            # this epoch's files (keep_epochs prunes the right one after a resume).
+            callbacks.append(LastCheckpoint(ckpt_dir))
             if cfg.checkpoint.early_stop_patience is not None:
                 callbacks.append(EarlyStopping(monitor="val/bleu", mode="max",
                                                patience=cfg.checkpoint.early_stop_patience))

@@ -156,6 +156,10 @@ def test_loader_resumed_after_an_epochs_last_batch_starts_the_next_epoch():
     loader.load_state_dict({"epoch": 1, "batches_done": 2})  # mid-epoch: the rest of epoch 1
     sampler_next.set_epoch(1)
     assert list(loader) == list(sampler_next)[2:]
+    # An epoch cut short by trainer.limit_train_batches is over after its 2 batches.
+    loader.load_state_dict({"epoch": 1, "batches_done": 2, "epoch_over": True})
+    sampler_next.set_epoch(2)
+    assert list(loader) == list(sampler_next)
 
 
 def test_loader_iteration_draws_nothing_from_the_global_generator():

@@ -150,6 +150,8 @@ def test_average_command_takes_checkpoints_as_the_shell_lists_them(ckpt, tmp_pat
         p.write_bytes(Path(ckpt).read_bytes())
     cli_main(["average", "--ckpts", str(paths[0]), str(paths[1]), "--out", str(tmp_path / "avg.ckpt")])
     assert read_checkpoint(tmp_path / "avg.ckpt")["averaged_from"] == [str(p) for p in paths]
+    cli_main(["average", f"--ckpts={paths[0]}", "--out", str(tmp_path / "one.ckpt")])
+    assert read_checkpoint(tmp_path / "one.ckpt")["averaged_from"] == [str(paths[0])]
     for argv in (["--ckpts", "--out", str(tmp_path / "x.ckpt")], ["--ckpts", "[]", "--out", str(tmp_path / "x.ckpt")],
                  ["--ckpts", str(paths[0]), "--out", str(tmp_path / "avg.ckpt")]):
         with pytest.raises(SystemExit) as exit_info:

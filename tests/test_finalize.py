@@ -68,3 +68,11 @@ def test_finalize_command_names_a_bad_run_config(tmp_path, capsys):
             cli_main(["finalize", "--run", str(tmp_path)])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and words in err and err.count("\n") == 1
+
+
+def test_final_config_rejects_values_that_would_fail_after_training():
+    import pytest
+
+    for kwargs in ({"beams": [0, 4]}, {"beams": []}, {"length_penalties": [-0.2]}, {"max_average": -1}):
+        with pytest.raises(ValueError, match=list(kwargs)[0]):
+            FinalConfig(**kwargs)

@@ -100,6 +100,7 @@ def test_grad_norm_is_computed_on_the_steps_whose_metrics_lightning_writes():
     module.log = lambda name, value, **kwargs: logged.append((trainer.global_step, name, float(value)))
     for step in range(12):
         trainer.global_step = step
+        module._step_tokens = module._token_unit  # as if one full batch ran: the gradients stay as they are
         module.on_before_optimizer_step(None)
     count = sum(p.numel() for p in module.parameters())
     assert [(s, name) for s, name, _ in logged] == [(4, "train/grad_norm"), (9, "train/grad_norm")]
@@ -131,3 +132,31 @@ def test_every_target_token_of_an_optimizer_step_weighs_the_same():
     total.backward()
     for name, p in module.named_parameters():
         torch.testing.assert_close(stepped[name], p.grad, msg=name)
+
+
+def test_token_weighting_holds_under_a_real_trainer_with_accumulation():
+    # The same as above through Lightning's own loop: its division by accumulate_grad_batches and
+    # its hook order (the gradients caught after the module's on_before_optimizer_step).
+    import copy
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    class Probe(TranslationModule):
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+            self.stepped = {name: p.grad.clone() for name, p in self.named_parameters()}
+
+    torch.manual_seed(0)
+    module = Probe(tiny_config(), TrainConfig(label_smoothing=0.1))
+    start = copy.deepcopy(module.model)
+    short = collate([{"src_ids": [5, 6, 7], "tgt_ids": [8], "index": 0}])
+    long = collate([{"src_ids": [5, 6], "tgt_ids": [9, 10, 11, 12, 13], "index": 1}])
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, accumulate_grad_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, DataLoader([short, long], batch_size=None))
+    total = sum(token_cross_entropy(start(b.src, b.tgt_in), b.tgt_out, 0.1, reduction="sum") for b in (short, long))
+    (total / 8).backward()
+    for name, p in start.named_parameters():
+        torch.testing.assert_close(module.stepped["model." + name], p.grad, msg=name)
