@@ -82,8 +82,9 @@ def merge_eval_outputs(gathered: list[list[tuple]]) -> tuple[float, int, list[tu
     """Per-rank lists of (nll sum, target tokens, [(row index, hypothesis), ...]) -> the total
     nll, total tokens and one (index, hypothesis) per row, sorted by index.
 
-    Under DDP a rank may decode a row twice (the sampler pads ranks to equal length), so rows
-    are de-duplicated by index; the losses come from disjoint batches and are summed."""
+    Under DDP the sampler gives the ranks disjoint rows (it splits batches rather than padding
+    ranks), so the de-duplication by index is a safeguard that costs nothing; the losses come
+    from disjoint batches and are summed."""
     parts = [p for rank_parts in gathered for p in rank_parts]
     rows = sorted({index: hyp for p in parts for index, hyp in p[2]}.items())
     return sum(p[0] for p in parts), sum(p[1] for p in parts), rows
