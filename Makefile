@@ -62,7 +62,7 @@ export: setup ## write CKPT as FORMAT (hf-marian or ctranslate2) into RUN/export
 serve: setup ## serve CKPT: HTTP API and a web page at http://HOST:PORT/ (127.0.0.1:8000)
 	$(PY) -m pipeline serve --ckpt $(CKPT) --host $(HOST) --port $(PORT) $(ARGS)
 
-test: setup ## run the whole test suite (about 6 minutes on 2 CPU cores after set-up)
+test: setup ## run the whole test suite (about 7 minutes on 2 CPU cores after set-up)
 	$(PY) -m pytest -q $(ARGS)
 
 sweep: setup ## recipe search with Optuna: SWEEP=configs/sweeps/NAME.yaml (resumable; leaderboard in runs/sweeps/NAME/)
