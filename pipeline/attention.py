@@ -175,6 +175,25 @@ class KVCache:
         return 0 if self.k is None else self.k.size(2)
 
 
+MERGED = ("w_qkv.", "w_kv.")
+
+
+def _without_merged(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + m for m in MERGED))]:
+        del state_dict[key]
+
+
+def _merge_again(module, incompatible_keys) -> None:
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys
+                                         if not any(f".{m}" in f".{k}" for m in MERGED)]
+    for merged, self_attention in ((module.w_qkv, True), (module.w_kv, False)):
+        if merged is not None and isinstance(getattr(merged, "weight", None), torch.Tensor):
+            parts = (module.w_q, module.w_k, module.w_v) if self_attention else (module.w_k, module.w_v)
+            with torch.no_grad():  # in place: a packed layer (translator.PackedLinear) then packs again
+                merged.weight.copy_(torch.cat([p.weight for p in parts]))
+                merged.bias.copy_(torch.cat([p.bias for p in parts]))
+
+
 class MultiHeadAttention(nn.Module):
     """h heads of scaled dot-product attention with projections W_Q, W_K, W_V and W_O.
 
@@ -197,6 +216,11 @@ class MultiHeadAttention(nn.Module):
         # (cross-attention) as one Linear layer.
         self.w_qkv: nn.Linear | None = None
         self.w_kv: nn.Linear | None = None
+        # The merged layers are copies: left out of the weights a state_dict holds, and made again
+        # from W_Q, W_K, W_V after a load (so a plain checkpoint loads strictly into an inference
+        # copy, and a load never leaves them stale).
+        self.register_state_dict_post_hook(_without_merged)
+        self.register_load_state_dict_post_hook(_merge_again)
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, T, d_model) -> (B, h, T, d_k)"""
@@ -237,8 +261,9 @@ class MultiHeadAttention(nn.Module):
         """For inference: hold the projections this module runs together as one Linear layer,
         W_Q|W_K|W_V for self-attention or W_K|W_V for cross-attention, so a decoding step does
         not concatenate weights on every call and int8 quantization (Translator) sees the
-        products actually run. A copy: call it again after the weights change. In training mode
-        the merged layers are ignored, so gradients always reach W_Q, W_K and W_V."""
+        products actually run. A copy, left out of state_dict() and made again by
+        load_state_dict(); after other changes to W_Q, W_K or W_V call this again. In training
+        mode the merged layers are ignored, so gradients always reach W_Q, W_K and W_V."""
         parts = (self.w_q, self.w_k, self.w_v) if self_attention else (self.w_k, self.w_v)
         merged = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
                            device=parts[0].weight.device, dtype=parts[0].weight.dtype)

@@ -471,3 +471,23 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap():
     assert kept["kept"] is True and kept["mapped_mb"] < 4 and kept["free_in_heap_mb"] > 12
     users = allocator_probe("kept", {"MALLOC_TRIM_THRESHOLD_": "131072"})  # the user's own setting stays
     assert users["kept"] is False and users["mapped_mb"] >= 16
+
+
+def test_an_inference_copy_loads_plain_weights_strictly_and_decodes_with_them():
+    # The merged W_Q|W_K|W_V and W_K|W_V layers are copies: not in state_dict, made again on load.
+    from helpers import make_model
+    from pipeline.decoding import DecodingConfig, generate
+    from pipeline.translator import inference_model
+
+    model, other = make_model(), make_model(seed=1)
+    prepared = inference_model(model)
+    src = torch.tensor([[5, 6, 7, 3], [8, 9, 3, 0]])
+    with torch.inference_mode():
+        generate(prepared, src, DecodingConfig(), beam=2)  # packed by now
+    assert not [k for k in prepared.state_dict() if ".w_qkv." in k or ".w_kv." in k]
+    prepared.load_state_dict(other.state_dict())  # strict
+    model.load_state_dict(prepared.state_dict())  # and back, strict
+    with torch.inference_mode():
+        for beam in (1, 2):
+            assert torch.equal(generate(prepared, src, DecodingConfig(), beam=beam).tokens,
+                               generate(inference_model(other), src, DecodingConfig(), beam=beam).tokens)
