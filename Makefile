@@ -50,7 +50,7 @@ evaluate: setup ## BLEU/chrF of CKPT on DATA/SPLIT (the run's beam; BEAM=N to ch
 translate: setup ## translate stdin (or type at the prompt) with CKPT
 	$(PY) -m pipeline translate --ckpt $(CKPT) $(if $(BEAM),--beam $(BEAM)) $(ARGS)
 
-average: setup ## average the newest LAST (5) epoch checkpoints of RUN (default: CKPT's run) into RUN/checkpoints/avg.ckpt
+average: setup ## average the newest LAST (5) epoch checkpoints of RUN (default: CKPT's run) into RUN/checkpoints/avg.ckpt (replaced if there)
 	$(PY) -m pipeline average --run $(RUN) --last $(LAST) --out $(RUN)/checkpoints/avg.ckpt --overwrite
 
 attention: setup ## attention heatmaps of CKPT on TEXT="..." into RUN/attention

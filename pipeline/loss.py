@@ -136,9 +136,9 @@ def _chunked_loss(h1: Tensor, h2: Tensor | None, weight: Tensor, target: Tensor,
 def product_weight(weight: Tensor) -> Tensor:
     """The (V, d) output projection in the dtype its products run in: under autocast (bf16-mixed
     training) a bf16 copy made once per loss. Autocast's own cast cache skips views such as
-    weight.t(), so each chunk's forward and gradient products would cast the 8 MB weight again:
-    four casts per chunk of 256 rows with R-Drop: the recipe step 1.2-2.9% faster, bitwise the same
-    gradients (bench/results/2026-11-27-loss-weight-cast-{1,2}.json)."""
+    weight.t(), so each chunk's forward products (both R-Drop passes) would cast the 8 MB weight
+    again: the recipe step 1.2-2.8% faster without those (median of pairs, two runs), bitwise the
+    same gradients (bench/results/2026-11-27-loss-weight-cast-{1,2}.json)."""
     device = weight.device.type
     if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
         return weight.to(torch.get_autocast_dtype(device))
