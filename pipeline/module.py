@@ -193,14 +193,29 @@ class TranslationModule(L.LightningModule):
         # on_before_optimizer_step divides the gradients by the step's tokens. A per-batch mean
         # would weigh a token of a 1,000-token batch twice as much as one of a full batch when
         # batches are accumulated or split over ranks.
+        if not self._weighs_tokens():  # one batch per step: its mean already weighs every token the same
+            return loss
         tokens = batch.n_tokens
         self._step_tokens += tokens
         # (In units of a full batch, so that the backward pass keeps the size a mean's has: fp16's
         # GradScaler would otherwise overflow at its first steps.)
         return loss * (tokens / self._token_unit)
 
+    def _weighs_tokens(self) -> bool:
+        """Whether a step's gradients come from several batches (accumulated, or one per rank)."""
+        return self.trainer.accumulate_grad_batches > 1 or self.trainer.world_size > 1
+
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        if self._weighs_tokens():
+            self._divide_by_step_tokens(grads)
+        # Only on the steps whose metrics reach the logger (Lightning writes them after optimizer
+        # step number global_step + 1 when that is a multiple of log_every_n_steps): the norm
+        # costs a pass over every gradient, and one computed on another step would be logged late.
+        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/grad_norm", torch.stack(torch._foreach_norm(grads)).norm(), batch_size=1)
+
+    def _divide_by_step_tokens(self, grads: list[torch.Tensor]) -> None:
         # Lightning divided each micro-batch's loss by accumulate_grad_batches, DDP averaged the
         # ranks' gradients: undone here, and the sum divided by the tokens of every micro-batch
         # and rank of this step.
@@ -211,11 +226,6 @@ class TranslationModule(L.LightningModule):
             tokens = int(total.item())
         self._step_tokens = 0
         torch._foreach_mul_(grads, self.trainer.accumulate_grad_batches * world * self._token_unit / max(tokens, 1))
-        # Only on the steps whose metrics reach the logger (Lightning writes them after optimizer
-        # step number global_step + 1 when that is a multiple of log_every_n_steps): the norm
-        # costs a pass over every gradient, and one computed on another step would be logged late.
-        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log("train/grad_norm", torch.stack(torch._foreach_norm(grads)).norm(), batch_size=1)
 
     def configure_optimizers(self):
         tc = self.train_config

@@ -100,7 +100,6 @@ def test_grad_norm_is_computed_on_the_steps_whose_metrics_lightning_writes():
     module.log = lambda name, value, **kwargs: logged.append((trainer.global_step, name, float(value)))
     for step in range(12):
         trainer.global_step = step
-        module._step_tokens = module._token_unit  # as if one full batch ran: the gradients stay as they are
         module.on_before_optimizer_step(None)
     count = sum(p.numel() for p in module.parameters())
     assert [(s, name) for s, name, _ in logged] == [(4, "train/grad_norm"), (9, "train/grad_norm")]
