@@ -337,6 +337,48 @@ def record_decoding_setup(cache: str = "/tmp/exp/srcs.pt") -> tuple[Settings, li
     return settings, torch.load(cache), DecodingConfig(max_len_ratio=0.0, max_len_extra=settings.max_new_tokens), model
 
 
+def record_training_setup(n_batches: int = 6) -> tuple[list[Batch], dict, Transformer, functools.partial, Side]:
+    """For the record scripts under bench/results/: `n_batches` token-bucket batches of the --quick
+    slice and the recipe's training step as the train_recipe row runs it (the bench's model with the
+    recipe's dropouts, seed 0; R-Drop loss; AdamW as bf16-mixed training builds it; clipping):
+    (batches, recipe settings, model, loss function, Side). `side.train_step(batch, True,
+    recipe["label_smoothing"])` runs one bf16-mixed step."""
+    s = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=n_batches, decode_batches=1)
+    batches = train_batches(load_data(s), s)
+    recipe = recipe_settings(s)
+    torch.manual_seed(0)
+    model = Transformer(replace(our_config(s), **recipe["model"])).train()
+    loss = functools.partial(ours_loss, rdrop_alpha=recipe["rdrop_alpha"])
+    return batches, recipe, model, loss, Side("ours", model, loss, s.lr, fused=False, clip=recipe["gradient_clip_val"])
+
+
+def bf16_loss_and_gradients(model, loss_fn, batch: Batch, label_smoothing: float) -> tuple[float, list[torch.Tensor]]:
+    """For the record scripts: one bf16-autocast loss of `batch` and the gradients it leaves, with
+    the dropout masks seeded (seed 1), so that two code variants can be compared exactly."""
+    model.zero_grad()
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss_fn(model, batch, label_smoothing)
+    value.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    return value.item(), grads
+
+
+def alternating_passes(run_pass, names: list[str], passes: int) -> dict[str, list[float]]:
+    """For the record scripts: seconds of `passes` calls of run_pass(name) per variant name, after
+    one untimed call each; the order of the variants alternates from pass to pass."""
+    for name in names:
+        run_pass(name)
+    seconds = {name: [] for name in names}
+    for i in range(passes):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            run_pass(name)
+            seconds[name].append(round(time.perf_counter() - start, 4))
+    return seconds
+
+
 def per_call_us(fn, calls: int = 300, warmup: int = 20) -> float:
     """Micro-benchmark: the median over 5 runs of fn's mean time a call (µs), each run `calls`
     calls after `warmup` untimed ones (CPU; the record scripts under bench/results/ use it)."""

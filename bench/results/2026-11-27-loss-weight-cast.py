@@ -5,12 +5,10 @@
 # `_chunked_loss_casting_per_chunk` below, the earlier code). Alternating passes in one process;
 # the first check: the same loss and bitwise the same gradients. From the repository root:
 #   PYTHONPATH=. .venv/bin/python bench/results/2026-11-27-loss-weight-cast.py [PASSES] [OUT.json]
-import functools, json, os, statistics, sys, time
-from dataclasses import replace
+import json, os, statistics, sys
 import torch
-from bench.run import QUICK, Settings, Side, load_data, our_config, ours_loss, recipe_settings, train_batches
+from bench.run import alternating_passes, bf16_loss_and_gradients, record_training_setup
 from pipeline import loss as L
-from pipeline.model import Transformer
 from pipeline.provenance import cpu_name, git_commit
 
 
@@ -35,42 +33,22 @@ passes = int(sys.argv[1]) if len(sys.argv) > 1 else 9
 out = sys.argv[2] if len(sys.argv) > 2 else "bench/results/2026-11-27-loss-weight-cast.json"
 load = os.getloadavg()[0]
 variants = {"cast_per_chunk": _chunked_loss_casting_per_chunk, "cast_once": L._chunked_loss}
-s = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=6, decode_batches=1)
-batches = train_batches(load_data(s), s)
-recipe = recipe_settings(s)
-torch.manual_seed(0)
-model = Transformer(replace(our_config(s), **recipe["model"])).train()
-loss = functools.partial(ours_loss, rdrop_alpha=recipe["rdrop_alpha"])
-side = Side("ours", model, loss, s.lr, fused=False, clip=recipe["gradient_clip_val"])
-
+batches, recipe, model, loss, side = record_training_setup(6)
 checked = {}
 for name, fn in variants.items():
     L._chunked_loss = fn
-    model.zero_grad()
-    torch.manual_seed(1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = loss(model, batches[0], recipe["label_smoothing"])
-    value.backward()
-    checked[name] = (value.item(), [p.grad.clone() for p in model.parameters()])
-model.zero_grad()
+    checked[name] = bf16_loss_and_gradients(model, loss, batches[0], recipe["label_smoothing"])
 same = checked["cast_per_chunk"][0] == checked["cast_once"][0] and all(
     torch.equal(a, b) for a, b in zip(checked["cast_per_chunk"][1], checked["cast_once"][1]))
 
 
 def epoch(name):
     L._chunked_loss = variants[name]
-    start = time.perf_counter()
     for b in batches:
         side.train_step(b, True, recipe["label_smoothing"])
-    return time.perf_counter() - start
 
 
-for name in variants:  # warm-up
-    epoch(name)
-seconds = {name: [] for name in variants}
-for i in range(passes):
-    for name in (list(variants) if i % 2 == 0 else list(variants)[::-1]):
-        seconds[name].append(round(epoch(name), 4))
+seconds = alternating_passes(epoch, list(variants), passes)
 L._chunked_loss = variants["cast_once"]
 medians = {k: statistics.median(v) for k, v in seconds.items()}
 result = {

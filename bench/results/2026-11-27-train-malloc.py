@@ -3,12 +3,10 @@
 # default malloc against keep_freed_memory() (mmap/trim thresholds at 1 GiB), malloc_trim every 50 steps as
 # fit's ReleaseFreedMemory does. One process per variant, alternated: argv[1] = default | kept, argv[2] = passes.
 #   for i in 1 2 3; do for v in default kept; do .venv/bin/python bench/results/2026-11-27-train-malloc.py $v 10; done; done
-import ctypes, functools, json, os, resource, statistics, sys, time
-from dataclasses import replace
+import ctypes, json, os, resource, statistics, sys, time
 import torch
 sys.path.insert(0, os.getcwd())
-from bench.run import QUICK, Settings, Side, load_data, our_config, ours_loss, recipe_settings, train_batches
-from pipeline.model import Transformer
+from bench.run import record_training_setup
 from pipeline.translator import keep_freed_memory
 
 variant = sys.argv[1]
@@ -16,13 +14,7 @@ passes = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 if variant == "kept":
     assert keep_freed_memory()
 trim = ctypes.CDLL("libc.so.6").malloc_trim
-s = replace(Settings(), train_pairs=QUICK["train_pairs"], train_batches=6, decode_batches=1)
-batches = train_batches(load_data(s), s)
-recipe = recipe_settings(s)
-torch.manual_seed(0)
-model = Transformer(replace(our_config(s), **recipe["model"])).train()
-loss = functools.partial(ours_loss, rdrop_alpha=recipe["rdrop_alpha"])
-side = Side("ours", model, loss, s.lr, fused=False, clip=recipe["gradient_clip_val"])
+batches, recipe, model, loss, side = record_training_setup(6)
 step = 0
 seconds, faults = [], []
 for p in range(passes + 1):
