@@ -26,19 +26,29 @@ def token_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float =
                            label_smoothing=label_smoothing, reduction=reduction)
 
 
-# Rows of (rows × vocabulary) logits handled at once by the fused losses: 256 rows of fp32 logits
-# (8 MB at V=8000) stay in cache across the passes over them, where 1024 did not (plain loss in
-# bf16: 37 ms against 59 per batch, before R-Drop's closed form; bench/results/*-loss-chunks.json).
+# Rows of (rows × vocabulary) logits handled at once by the fused losses. On a CPU, 256 rows of fp32
+# logits (8 MB at V=8000) stay in cache across the passes over them, where 1024 did not (plain loss
+# in bf16: 37 ms against 59 per batch, before R-Drop's closed form; bench/results/*-loss-chunks.json).
 CHUNK_ROWS = 256
+# On a GPU every chunk costs the same few dozen kernel launches whatever its size, and a step of a
+# small model waits on launches, not arithmetic (docs/speed.md, "On a GPU"): there a chunk holds up
+# to 2^25 logits (128 MB in fp32; 4,194 rows at V=8000, the recipe's whole batch in one chunk).
+GPU_CHUNK_LOGITS = 2 ** 25
+
+
+def default_chunk_rows(device: torch.device, vocab: int) -> int:
+    """Rows per chunk of the fused losses on `device` for a vocabulary of `vocab` tokens."""
+    return CHUNK_ROWS if device.type == "cpu" else max(CHUNK_ROWS, GPU_CHUNK_LOGITS // max(vocab, 1))
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_smoothing: float = 0.0,
-                         reduction: str = "mean", chunk_rows: int = CHUNK_ROWS) -> Tensor:
+                         reduction: str = "mean", chunk_rows: int | None = None) -> Tensor:
     """token_cross_entropy(hidden @ weightᵀ, target), computed the fast way for training.
 
     hidden: (B, T, d) final decoder states, weight: (V, d) output projection, target: (B, T).
-    Only the real (non-PAD) positions are projected, in chunks of `chunk_rows`, so the full
-    (tokens × vocabulary) logits never exist at once. With gradients on, each chunk's gradient
+    Only the real (non-PAD) positions are projected, in chunks of `chunk_rows` (None: the
+    device's default_chunk_rows), so the full (tokens × vocabulary) logits need not exist at
+    once. With gradients on, each chunk's gradient
     is computed right away from the closed form ∂loss/∂logits = softmax − q (q: the smoothed
     target distribution) and turned into the gradients of hidden and weight, instead of
     keeping logits for autograd to walk back through log-softmax: fewer passes over the
@@ -53,7 +63,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_s
 
 
 def rdrop_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_smoothing: float = 0.0,
-                        alpha: float = 0.0, chunk_rows: int = CHUNK_ROWS) -> Tensor:
+                        alpha: float = 0.0, chunk_rows: int | None = None) -> Tensor:
     """R-Drop (Liang et al., 2021): the label-smoothed loss of two dropout passes over the same
     batch plus α times the symmetric KL divergence between their output distributions.
 
@@ -61,9 +71,9 @@ def rdrop_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_sm
     B rows again with other dropout masks), weight: (V, d) output projection, target: (B, T).
     Returns, per real target token, ½(CE₁ + CE₂) + α·½·½(KL(p₁‖p₂) + KL(p₂‖p₁)): the paper's
     loss halved, so that α = 0 is exactly `linear_cross_entropy` of the two passes together.
-    As there, the output layer runs in chunks of `chunk_rows` real tokens and each chunk's
-    gradients come from their closed form (see `_loss_chunk`), so no logits are kept for
-    autograd; equal to the loss written out with autograd (tested, values and gradients).
+    As there, the output layer runs in chunks of `chunk_rows` real tokens (None: the device's
+    default_chunk_rows) and each chunk's gradients come from their closed form (see
+    `_loss_chunk`), so no logits are kept for autograd; equal to the loss written out with autograd (tested, values and gradients).
     """
     first, second = hidden.chunk(2)
     real = target != PAD
@@ -113,13 +123,14 @@ def _loss_chunk(h1: Tensor, h2: Tensor | None, weight: Tensor, target: Tensor, l
 
 
 def _chunked_loss(h1: Tensor, h2: Tensor | None, weight: Tensor, target: Tensor, label_smoothing: float,
-                  alpha: float | None, chunk_rows: int, need_grad: bool):
+                  alpha: float | None, chunk_rows: int | None, need_grad: bool):
     """`_loss_chunk` over chunks of rows: the summed loss and, if need_grad, the gradients of
     h1, h2 (None for the plain loss) and weight (fp32)."""
     total = torch.zeros((), dtype=torch.float32, device=h1.device)
     grads = [torch.empty_like(h) for h in (h1, h2) if h is not None] if need_grad else []
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
     weight = product_weight(weight)
+    chunk_rows = chunk_rows or default_chunk_rows(h1.device, weight.size(0))
     for start in range(0, h1.size(0), chunk_rows):
         rows = slice(start, start + chunk_rows)
         states = [h[rows] for h in (h1, h2) if h is not None]

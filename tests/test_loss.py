@@ -7,7 +7,8 @@ import pytest
 
 import torch
 
-from pipeline.loss import linear_cross_entropy, rdrop_cross_entropy, token_cross_entropy
+from pipeline.loss import (CHUNK_ROWS, GPU_CHUNK_LOGITS, default_chunk_rows, linear_cross_entropy,
+                           rdrop_cross_entropy, token_cross_entropy)
 from pipeline.tokenizer import PAD
 
 
@@ -61,6 +62,15 @@ def test_fused_projection_and_loss_equal_the_reference(label_smoothing, chunk_ro
     with torch.no_grad():  # validation: the summed loss, no gradients computed
         torch.testing.assert_close(linear_cross_entropy(hidden, weight, target, reduction="sum"),
                                    token_cross_entropy(hidden @ weight.t(), target, reduction="sum"))
+
+
+def test_chunks_are_cache_sized_on_cpu_and_launch_saving_on_gpus():
+    # CPU: 256 rows whatever the vocabulary; a GPU: as many rows as 2^25 logits hold, never fewer
+    # than the CPU's (a vocabulary of 8,000 puts the recipe's ~2,500 target tokens in one chunk).
+    assert default_chunk_rows(torch.device("cpu"), 8000) == CHUNK_ROWS == 256
+    assert default_chunk_rows(torch.device("cuda"), 8000) == GPU_CHUNK_LOGITS // 8000 == 4194
+    assert default_chunk_rows(torch.device("cuda", 1), 32000) == 1048
+    assert default_chunk_rows(torch.device("cuda"), 10 ** 6) == CHUNK_ROWS
 
 
 def test_fused_loss_under_bf16_autocast_matches_fp32():
