@@ -7,7 +7,7 @@ Each side as bench.run's train_recipe row runs it: configs/multi30k.yaml's dropo
 label smoothing, clipping, bf16 autocast (a GPU with bf16), AdamW foreach; the bench's model sizes,
 token-bucket batches of about 64 sentences x 24 tokens from the --quick slice.
 
-    device run: source bench/gpu_env.sh; python3 bench/results/2026-11-28-gpu-loss-chunks.py \
+    device run: source bench/gpu_env.sh; python3 bench/results/2026-11-27-gpu-loss-chunks.py \
         --data $DATA --out $OUT/gpu-loss-chunks.json
     (on a CPU with --device cpu --passes 1 it checks that the script runs; the numbers mean nothing)
 """
@@ -104,7 +104,7 @@ def main() -> None:
     rates = {name: [round(tokens / t, 1) for t in ts] for name, ts in seconds.items()}
     median = {name: statistics.median(r) for name, r in rates.items()}
     result = {
-        "script": "bench/results/2026-11-28-gpu-loss-chunks.py", "commit": git_commit(),
+        "script": "bench/results/2026-11-27-gpu-loss-chunks.py", "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
         "recipe": {k: recipe[k] for k in ("model", "rdrop_alpha", "label_smoothing", "gradient_clip_val",
