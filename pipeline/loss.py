@@ -28,7 +28,7 @@ def token_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float =
 
 # Rows of (rows × vocabulary) logits handled at once by the fused losses. On a CPU, 256 rows of fp32
 # logits (8 MB at V=8000) stay in cache across the passes over them, where 1024 did not (plain loss
-# in bf16: 37 ms against 59 per batch, before R-Drop's closed form; bench/results/*-loss-chunks.json).
+# in bf16: 37 ms against 59 per batch, before R-Drop's closed form; bench/results/2026-11-27-loss-chunks.json).
 CHUNK_ROWS = 256
 # On a GPU every chunk costs the same few dozen kernel launches whatever its size, and a step of a
 # small model waits on launches, not arithmetic (docs/speed.md, "On a GPU"): there a chunk holds up
