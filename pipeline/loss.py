@@ -48,11 +48,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_s
     hidden: (B, T, d) final decoder states, weight: (V, d) output projection, target: (B, T).
     Only the real (non-PAD) positions are projected, in chunks of `chunk_rows` (None: the
     device's default_chunk_rows), so the full (tokens × vocabulary) logits need not exist at
-    once. With gradients on, each chunk's gradient
-    is computed right away from the closed form ∂loss/∂logits = softmax − q (q: the smoothed
-    target distribution) and turned into the gradients of hidden and weight, instead of
-    keeping logits for autograd to walk back through log-softmax: fewer passes over the
-    largest tensor of the step. Equal to token_cross_entropy (tested, values and gradients).
+    once. With gradients on, each chunk's gradient is computed right away from the closed form
+    ∂loss/∂logits = softmax − q (q: the smoothed target distribution) and turned into the
+    gradients of hidden and weight, instead of keeping logits for autograd to walk back through
+    log-softmax: fewer passes over the largest tensor of the step. Equal to token_cross_entropy (tested, values and gradients).
     """
     real = target != PAD
     h, t = hidden[real], target[real]  # (N, d), (N,)
@@ -73,7 +72,8 @@ def rdrop_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_sm
     loss halved, so that α = 0 is exactly `linear_cross_entropy` of the two passes together.
     As there, the output layer runs in chunks of `chunk_rows` real tokens (None: the device's
     default_chunk_rows) and each chunk's gradients come from their closed form (see
-    `_loss_chunk`), so no logits are kept for autograd; equal to the loss written out with autograd (tested, values and gradients).
+    `_loss_chunk`), so no logits are kept for autograd; equal to the loss written out with
+    autograd (tested, values and gradients).
     """
     first, second = hidden.chunk(2)
     real = target != PAD
