@@ -3,13 +3,20 @@
 # same wall-clock cap, then `final:` as `make train` does it. The learning curves (validation
 # BLEU per epoch) are compared at equal epochs and at equal CPU cost in docs/recipes.md;
 # the winner is confirmed with the CPU recipe (`make train`).
-#   device run: bash bench/gpu_recipes.sh      (carry .whl and .gpu; TRAIN_S, KILL_S override)
+#   device run: bash bench/gpu_recipes.sh      (carry .whl and .gpu; TRAIN_S, KILL_S override;
+#                                              ROUND=4 (default) or 9 picks the recipe set)
 # Writes $OUT/recipes.tar.gz: per run its config.yaml, metrics.csv, results.json and log
 # (never checkpoints); `python -m bench.curve --run DIR` turns each into results/recipes/*.json.
 source bench/gpu_env.sh
 R=/tmp/runs
 TRAIN=${TRAIN_S:-360}   # seconds of training per run (trainer.max_time)
 KILL=${KILL_S:-540}     # hard stop for a run, final selection included
+# Round 9 (docs/recipes.md): the recipe as it is (R-Drop alpha 1, lr 2e-3) beside wider models.
+declare -A ROUND9=(
+  [recipe]=""
+  [d384]="--model.d_model 384 --model.n_heads 6 --model.d_ff 1536"
+  [d512]="--model.d_model 512 --model.n_heads 8 --model.d_ff 2048"
+)
 # Round 4 as it ran (docs/recipes.md): the recipe then had lr 1e-3, so it is pinned here.
 declare -A RECIPES=(
   [base]="--train.lr 0.001"
@@ -21,6 +28,9 @@ declare -A RECIPES=(
   [bpe10k]="--train.lr 0.001 --data.vocab_size 10000"
   [bpe16k]="--train.lr 0.001 --data.vocab_size 16000"
 )
+if [ "${ROUND:-4}" = 9 ]; then
+  unset RECIPES; declare -A RECIPES; for k in "${!ROUND9[@]}"; do RECIPES[$k]=${ROUND9[$k]}; done
+fi
 mkdir -p $R
 for name in "${!RECIPES[@]}"; do
   OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 timeout $KILL python3 -m pipeline fit --config configs/multi30k.yaml \
