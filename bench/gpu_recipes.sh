@@ -4,7 +4,7 @@
 # BLEU per epoch) are compared at equal epochs and at equal CPU cost in docs/recipes.md;
 # the winner is confirmed with the CPU recipe (`make train`).
 #   device run: bash bench/gpu_recipes.sh      (carry .whl and .gpu; TRAIN_S, KILL_S override;
-#                                              ROUND=4 (default) or 9 picks the recipe set)
+#                                              ROUND=4 (default), 9 or 10 picks the recipe set)
 # Writes $OUT/recipes.tar.gz: per run its config.yaml, metrics.csv, results.json and log
 # (never checkpoints); `python -m bench.curve --run DIR` turns each into results/recipes/*.json.
 source bench/gpu_env.sh
@@ -16,6 +16,13 @@ declare -A ROUND9=(
   [recipe]=""
   [d384]="--model.d_model 384 --model.n_heads 6 --model.d_ff 1536"
   [d512]="--model.d_model 512 --model.n_heads 8 --model.d_ff 2048"
+)
+# Round 10 (for the next lease; docs/recipes.md round 9's next step): d=512 for as long as a call
+# allows (TRAIN_S=480 KILL_S=560), two seeds, beside the recipe: toward a GPU config.
+declare -A ROUND10=(
+  [recipe]=""
+  [d512]="--model.d_model 512 --model.n_heads 8 --model.d_ff 2048"
+  [d512-seed2]="--model.d_model 512 --model.n_heads 8 --model.d_ff 2048 --seed_everything 2"
 )
 # Round 4 as it ran (docs/recipes.md): the recipe then had lr 1e-3, so it is pinned here.
 declare -A RECIPES=(
@@ -30,6 +37,8 @@ declare -A RECIPES=(
 )
 if [ "${ROUND:-4}" = 9 ]; then
   unset RECIPES; declare -A RECIPES; for k in "${!ROUND9[@]}"; do RECIPES[$k]=${ROUND9[$k]}; done
+elif [ "${ROUND:-4}" = 10 ]; then
+  unset RECIPES; declare -A RECIPES; for k in "${!ROUND10[@]}"; do RECIPES[$k]=${ROUND10[$k]}; done
 fi
 mkdir -p $R
 for name in "${!RECIPES[@]}"; do
