@@ -18,27 +18,20 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 import pipeline.decoding as decoding
-from bench.run import FixedLength, git_commit, interleaved, record_decoding_setup, synchronize
+from bench.run import FixedLength, git_commit, interleaved, record_decoding_setup, synchronize, timed
 from pipeline.decoding import generate
 from pipeline.translator import inference_model
 
 
-def per_call_us(fn, calls: int = 200, warmup: int = 20) -> float:
+def synced_call_us(fn, calls: int = 200, warmup: int = 20) -> float:
+    """Median µs of single calls, each synchronised (bench.run.timed), after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    synchronize()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return statistics.median(timed(fn) for _ in range(calls)) * 1e6
 
 
 def main(out: str, device: str) -> None:
@@ -47,8 +40,8 @@ def main(out: str, device: str) -> None:
     sources = [s.to(device) for s in sources]
     vocab = model.cfg.vocab_size
     wide = torch.randn(64, 4 * vocab, device=device)
-    topk_us = {"topk_wide": per_call_us(lambda: decoding.topk_wide(wide, 8)),
-               "topk": per_call_us(lambda: wide.topk(8, dim=1))}
+    topk_us = {"topk_wide": synced_call_us(lambda: decoding.topk_wide(wide, 8)),
+               "topk": synced_call_us(lambda: wide.topk(8, dim=1))}
 
     chunked = decoding.topk_wide
 
