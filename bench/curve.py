@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
               "cpu": cpu_name()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}: best validation BLEU {result['best_val_bleu']} after {len(result['epochs'])} epochs")
+    validations = result["epochs"]  # one entry per validation (every check_val_every_n_epoch epochs)
+    last = f", the last at epoch {validations[-1]['epoch']}" if validations else ""
+    print(f"wrote {args.out}: best validation BLEU {result['best_val_bleu']} over {len(validations)} validations{last}")
     return result
 
 
