@@ -35,11 +35,11 @@ declare -A RECIPES=(
   [bpe10k]="--train.lr 0.001 --data.vocab_size 10000"
   [bpe16k]="--train.lr 0.001 --data.vocab_size 16000"
 )
-if [ "${ROUND:-4}" = 9 ]; then
-  unset RECIPES; declare -A RECIPES; for k in "${!ROUND9[@]}"; do RECIPES[$k]=${ROUND9[$k]}; done
-elif [ "${ROUND:-4}" = 10 ]; then
-  unset RECIPES; declare -A RECIPES; for k in "${!ROUND10[@]}"; do RECIPES[$k]=${ROUND10[$k]}; done
-fi
+case ${ROUND:-4} in
+  4) ;;
+  9|10) unset RECIPES; declare -n RECIPES=ROUND$ROUND ;;
+  *) echo "ROUND=$ROUND: no such recipe set (4, 9 or 10)"; exit 2 ;;
+esac
 mkdir -p $R
 for name in "${!RECIPES[@]}"; do
   OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 timeout $KILL python3 -m pipeline fit --config configs/multi30k.yaml \

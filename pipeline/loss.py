@@ -51,7 +51,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, label_s
     once. With gradients on, each chunk's gradient is computed right away from the closed form
     ∂loss/∂logits = softmax − q (q: the smoothed target distribution) and turned into the
     gradients of hidden and weight, instead of keeping logits for autograd to walk back through
-    log-softmax: fewer passes over the largest tensor of the step. Equal to token_cross_entropy (tested, values and gradients).
+    log-softmax: fewer passes over the largest tensor of the step. Equal to token_cross_entropy
+    (tested, values and gradients).
     """
     real = target != PAD
     h, t = hidden[real], target[real]  # (N, d), (N,)

@@ -9,7 +9,7 @@ torch's topk walks each long row once per call) cost more than torch.topk there?
                repeats, medians; same_tokens says whether both gave the same tokens.
 
     device run: source bench/gpu_env.sh; python3 bench/results/2026-11-28-gpu-beam-topk.py $OUT/gpu-beam-topk.json
-    (on a CPU it runs too, with --device cpu; the CPU's answer is bench/results/2026-11-27-beam-topk.json)
+    (on a CPU it runs too: `... OUT.json cpu`; the CPU's answer is bench/results/2026-11-27-beam-topk.json)
 """
 
 from __future__ import annotations
