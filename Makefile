@@ -11,7 +11,7 @@ SPLIT ?= test
 # Empty: the beam the checkpoint's run decodes with (its decoding.beam; `final:` writes the chosen one)
 BEAM ?=
 # runs/NAME/eval-<checkpoint>-<split>[-beam<N>]: evaluating avg.ckpt does not overwrite best.ckpt's results
-OUT ?= $(dir $(CKPT))../eval-$(basename $(notdir $(CKPT)))-$(SPLIT)$(if $(BEAM),-beam$(BEAM))
+OUT ?= $(RUN)/eval-$(basename $(notdir $(CKPT)))-$(SPLIT)$(if $(BEAM),-beam$(BEAM))
 RUN ?= $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(CKPT)))))
 LAST ?= 5
 TEXT ?= Ein Hund rennt durch den Schnee.

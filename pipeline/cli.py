@@ -21,12 +21,13 @@ import os
 import sys
 import tempfile
 import typing
+from argparse import ArgumentError
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 from pipeline.commands import attention, average, evaluate, export, finalize, sweep, translate
-from pipeline.errors import UserError
+from pipeline.errors import UserError, option_error
 from pipeline.server import serve
 from pipeline.training import lightning_cli
 
@@ -139,13 +140,16 @@ def run_function(name: str, function: Callable, argv: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog=f"python -m pipeline {name}", description=function.__doc__.split("\n\n")[0],
-                            env_prefix=None, default_env=False)
+                            env_prefix=None, default_env=False, exit_on_error=False, allow_abbrev=False)
     parser.add_function_arguments(function, as_group=False)
     # A boolean option may be given bare (--show_beams), as argparse users expect.
     flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
     argv = [a for i, arg in enumerate(argv)
             for a in ([arg, "true"] if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")) else [arg])]
-    cfg = parser.parse_args(list_values(function, argv))
+    try:
+        cfg = parser.parse_args(list_values(function, argv))
+    except ArgumentError as e:  # one line instead of the usage and a tip
+        raise option_error(name, str(e), parser._option_string_actions) from None
     function(**cfg.as_dict())
 
 

@@ -82,6 +82,8 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
                                             workers=workers)
     src_lang, tgt_lang = translator.languages
     if single_split(data, src_lang, tgt_lang):
+        if split is not None:  # (make evaluate always passes one)
+            print(f"note: --split {split} ignored: {data} is one split", file=sys.stderr)
         split = None  # a file, prefix or pattern is its own split
     elif split is None:
         raise UserError(f"--split is required for {data} (e.g. --split test)")

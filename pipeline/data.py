@@ -125,9 +125,9 @@ def load_split(path: str, split: str | None, src_lang: str, tgt_lang: str, name:
                             "dataset directory, or a prefix such as corpus/train for corpus/train.de + corpus/train.en)")
         ds = _load_files(path, [str(p)], cache_dir)
     elif not _is_hub_id(path):
-        raise UserError(f"data directory not found: {path} (pass --data.path DIR with a dataset folder such as "
-                        "../shared/data/multi30k, a .jsonl/.tsv/.csv/.parquet file, a glob pattern, or a prefix "
-                        f"such as corpus/train for corpus/train.{src_lang} + corpus/train.{tgt_lang})")
+        raise UserError(f"data directory not found: {path} (--data.path in fit, --data in evaluate: a dataset "
+                        "folder such as ../shared/data/multi30k, a .jsonl/.tsv/.csv/.parquet file, a glob pattern, "
+                        f"or a prefix such as corpus/train for corpus/train.{src_lang} + corpus/train.{tgt_lang})")
     else:  # the Hub (online); its own cache, shared by every run
         dd = _load(lambda: datasets.load_dataset(path, name, writer_batch_size=WRITER_BATCH), path)
         ds = _pick_split(dd, split, path)
@@ -254,7 +254,7 @@ def _to_pairs(ds: datasets.Dataset, src_lang: str, tgt_lang: str, where: str) ->
     if missing:
         what = "language keys" if nested else "columns"
         raise UserError(f"language key(s) {missing} not in {where}; it has {what} {sorted(keys)} "
-                        "(set data.src_lang / data.tgt_lang to keys that exist)")
+                        "(fit reads the keys data.src_lang / data.tgt_lang; evaluate, the checkpoint's languages)")
     if nested:  # struct fields as columns "translation.de", ...: no copy
         ds = ds.select_columns(["translation"]).flatten()
     columns = [f"translation.{k}" if nested else k for k in (src_lang, tgt_lang)]

@@ -71,7 +71,8 @@ def check_exportable(checkpoint) -> None:
     cfg = checkpoint.config
     if cfg.pre_norm:
         raise UserError("this checkpoint is pre-norm (model.pre_norm true, the default), which MarianMT cannot "
-                        "represent: export a model trained with --model.pre_norm false")
+                        "represent: export it with --format ctranslate2 (make export FORMAT=ctranslate2), or "
+                        "export a model trained with --model.pre_norm false")
     if cfg.d_model % 2:
         raise UserError(f"model.d_model={cfg.d_model} is odd; Marian's sinusoidal positions differ from ours for "
                         "odd widths: export a model with an even d_model")

@@ -113,7 +113,12 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
         start = time.monotonic()
         try:
             cli = lightning_cli(args, extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=config.monitor)])
-        except SystemExit as e:  # the parser's exit on a bad key or value: a failed trial, not one left running
+        except UserError as e:  # a bad key or value: a failed trial, not one left running, and the study
+            # stops; returned as NaN (a failed trial) so that Optuna logs no traceback of it.
+            stopped.append(UserError(f"{name} stopped before training: {e} (a setting of {sweep_file})"))
+            trial.study.stop()
+            return float("nan")
+        except SystemExit as e:  # (an exit of the parser's own, e.g. --help in the sweep's args)
             raise UserError(f"{name} stopped before training (exit {e.code}): the message above names the "
                             f"setting of {sweep_file} to fix") from None
         trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
@@ -122,9 +127,12 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
             raise optuna.TrialPruned(f"{name} never validated")
         return float(score)
 
+    stopped: list[UserError] = []
     done = len([t for t in study.trials if t.state.is_finished()])
     if done < total:
         study.optimize(objective, n_trials=total - done, catch=())
+    if stopped:
+        raise stopped[0]
     board = leaderboard(study)
     (sweep_dir / "leaderboard.json").write_text(json.dumps(board, indent=2) + "\n", encoding="utf-8")
     print(f"sweep {config.name}: {len(board)} trials (study {sweep_dir / 'study.db'})")

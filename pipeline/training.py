@@ -7,6 +7,7 @@ The command table in cli.py dispatches here; the sweep (sweep.py) runs its trial
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import UserError
+from argparse import ArgumentError
+
+from pipeline.errors import UserError, option_error
 
 STARTED = time.monotonic()  # the run's wall time in results.json counts from here
 
@@ -95,6 +98,14 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             parser.add_class_arguments(FinalConfig, "final", help="after fit: choose on validation, score test")
             parser.link_arguments("data.vocab_size", "model.vocab_size")
 
+        def parse_arguments(self, parser, args) -> None:
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as e:  # one line instead of the usage and a tip (exit_on_error=False)
+                subcommand = next((a for a in args if a in self.subcommands()), "fit")
+                subparser = parser._subcommands_action._name_parser_map.get(subcommand, parser)
+                raise option_error(subcommand, str(e), subparser._option_string_actions) from None
+
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand]
             configs = cfg.get("config") or []
@@ -117,9 +128,16 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                 if not cfg.run.overwrite:
                     raise UserError(f"run directory {self.run_dir} already exists: resume with --ckpt_path last, "
                                     "pick another --run.name, or pass --run.overwrite true")
-                shutil.rmtree(self.run_dir)
+                # Set aside, not deleted, until this fit is past its set-up: bad input (below)
+                # puts the old run back instead of leaving neither.
+                aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced")
+                shutil.rmtree(aside, ignore_errors=True)
+                self.run_dir.rename(aside)
+                replaced.append(aside)
             if cfg.get("ckpt_path") == "last" and not (self.run_dir / "checkpoints" / "last.ckpt").exists():
                 raise UserError(f"--ckpt_path last: no {self.run_dir}/checkpoints/last.ckpt to resume from")
+            if not self.run_dir.exists():
+                created.append(self.run_dir)  # removed again if bad input stops this fit (below)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             print(f"run directory: {self.run_dir}", flush=True)
 
@@ -214,14 +232,66 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                       f"on {scores['n']} sentences, beam {self.model.decoding.beam}; {scores['signature']}", flush=True)
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-    cli = TranslationCLI(None, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
-                         trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False)
+    # The run directory holds the tokenizer and the data cache before the CSV logger starts, whose
+    # only file is metrics.csv: its "exists and is not empty ... will be deleted" is not so here.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated")  # Lightning's own
+    created: list[Path] = []  # the run directory, where this fit made it
+    replaced: list[Path] = []  # the run that --run.overwrite replaces, set aside
+    try:
+        cli = TranslationCLI(None, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
+                             trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False,
+                             parser_kwargs={"exit_on_error": False, "allow_abbrev": False, "prog": "python -m pipeline",
+                                            **{name: {"allow_abbrev": False} for name in ("fit", "validate", "test")}})
+    except UserError:
+        # Bad input (a data path, a config value, a language key) stops a fit before it trains:
+        # the directory it just made would only make the corrected command fail with "already
+        # exists", and a run it was to replace comes back. A directory holding a checkpoint
+        # is never removed.
+        for run_dir in created:
+            if run_dir.is_dir() and not any(run_dir.rglob("*.ckpt")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                for aside in replaced:
+                    aside.rename(run_dir)
+        raise
+    finally:
+        for aside in replaced:
+            shutil.rmtree(aside, ignore_errors=True)
     if cli.subcommand == "fit" and rank_zero_only.rank == 0:
         print(f"run directory: {cli.run_dir}", flush=True)
     return cli
 
 
 # -- the `final:` step ---------------------------------------------------------------------
+def training_facts(run_dir: Path) -> dict:
+    """results.json's record of the training for a `finalize` run on its own (fit writes it from
+    its trainer): epochs, global_step and training_time_s (the max_time Timer's count when
+    last.ckpt was written) from the run's last.ckpt, precision from its config.yaml, and the
+    fit's command, wall time and training time from an earlier results.json that describes the
+    same step (else the command is finalize's own and the wall time null)."""
+    import json
+
+    import yaml
+
+    from pipeline.checkpoints import read_checkpoint
+
+    checkpoints = run_dir / "checkpoints"
+    last = checkpoints / "last.ckpt" if (checkpoints / "last.ckpt").is_file() else checkpoints / "best.ckpt"
+    ckpt = read_checkpoint(last) if last.is_file() else {}
+    timer = (ckpt.get("callbacks") or {}).get("Timer") or {}
+    facts = {"epochs": ckpt["epoch"] + 1 if "epoch" in ckpt else None, "global_step": ckpt.get("global_step"),
+             "precision": None, "wall_time_s": None,
+             "training_time_s": round(timer["time_elapsed"]["train"], 1) if "time_elapsed" in timer else None}
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+        precision = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["trainer"]["precision"]
+        facts["precision"] = None if precision is None else str(precision)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        earlier = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        if earlier.get("global_step") == facts["global_step"] and earlier.get("command"):
+            facts |= {k: earlier[k] for k in ("command", "wall_time_s", "training_time_s") if k in earlier}
+    return facts
+
+
 def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: list[str] | None = None) -> dict:
     """`finalize` on the validation and test pairs of a datamodule; the summary goes to W&B too."""
     from lightning.pytorch.loggers import WandbLogger
@@ -235,7 +305,9 @@ def run_finalize(run_dir: Path, datamodule, final_config, trainer=None, argv: li
         print(f"final: no test split ({e})", flush=True)
         test = None
     extra = {"command": "python -m pipeline " + " ".join(argv or sys.argv[1:])}
-    if trainer is not None:
+    if trainer is None:  # `finalize` on its own: what fit knew about the training, read back
+        extra = extra | training_facts(run_dir) | {"finalize_command": extra["command"]}
+    else:
         from lightning.pytorch.callbacks import Timer
 
         # wall_time_s: this process (set-up to here; a resumed run counts its own part only);

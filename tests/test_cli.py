@@ -62,10 +62,22 @@ def test_fit_ends_with_results_chosen_on_validation(smoke_run, tmp_path):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["beam"] == results["beam"] and metrics["bleu"] == results["test"]["bleu"]
     assert metrics["chrf"] == results["test"]["chrf"]
-    # `finalize` reruns the same choice from the run directory alone.
+    # `finalize` reruns the same choice from the run directory alone, and keeps fit's record of
+    # the training: from the earlier results.json (the same step), or read back from last.ckpt.
     again = run_cli("finalize", "--run", run)
-    assert json.loads((run / "results.json").read_text())["test"] == results["test"]
+    redone = json.loads((run / "results.json").read_text())
+    assert redone["test"] == results["test"]
     assert "final: test BLEU" in again.stdout
+    training = ("epochs", "global_step", "precision", "training_time_s")
+    assert {k: redone[k] for k in (*training, "command", "wall_time_s")} == {
+        k: results[k] for k in (*training, "command", "wall_time_s")}
+    assert redone["finalize_command"] == f"python -m pipeline finalize --run {run}"
+    (run / "results.json").unlink()  # a run cut short has none
+    run_cli("finalize", "--run", run)
+    read_back = json.loads((run / "results.json").read_text())
+    assert {k: read_back[k] for k in training[:3]} == {k: results[k] for k in training[:3]}
+    assert 0 < read_back["training_time_s"] <= results["training_time_s"]  # as last.ckpt was written
+    assert read_back["command"] == read_back["finalize_command"] and read_back["wall_time_s"] is None
 
 
 def test_learning_curve_from_the_fit_log(smoke_run, tmp_path):
@@ -109,9 +121,12 @@ def test_evaluate_jsonl_needs_no_split_and_keeps_order(smoke_run, tmp_path):
             {"translation": {"de": "x", "en": "y"}}]
     flat = tmp_path / "pairs.jsonl"
     flat.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n", encoding="utf-8")
-    run_cli("evaluate", "--ckpt", run / "checkpoints/last.ckpt", "--data", flat, "--out", tmp_path / "e")
+    proc = run_cli("evaluate", "--ckpt", run / "checkpoints/last.ckpt", "--data", flat, "--out", tmp_path / "e",
+                   "--split", "test")  # as `make evaluate` passes it: said to be ignored, not an error
+    assert f"--split test ignored: {flat} is one split" in proc.stderr
     hyps = (tmp_path / "e" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()
     assert len(hyps) == 2 and hyps[1] == ""  # the empty source gives an empty line, in place
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["split"] is None
 
 
 def test_quantized_decoding_from_the_command_line(smoke_run, tmp_path):
@@ -151,14 +166,47 @@ def test_translate_truncates_over_long_input_with_warning(smoke_run):
 def test_fit_bad_input_is_one_line_error(tmp_path, args, needles):
     proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, *args, check=False)
     assert_one_line_error(proc, *needles)
+    assert proc.returncode == 2
+    assert not (tmp_path / "smoke").exists()  # so that the corrected command is not refused as "already exists"
 
 
-def test_fit_unknown_config_key_is_clear_error(tmp_path):
-    proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--model.d_modle", "8",
-                   check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "d_modle" in proc.stderr
+def test_fit_overwrite_with_bad_input_keeps_the_old_run(tmp_path):
+    old = tmp_path / "smoke" / "checkpoints" / "last.ckpt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"the run to replace")
+    proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--run.overwrite", "true",
+                   "--data.path", tmp_path / "does-not-exist", check=False)
+    assert_one_line_error(proc, "data directory not found")
+    assert old.read_bytes() == b"the run to replace"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # nothing set aside is left
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--model.d_modle", "8"], ["--model.d_modle", "did you mean --model.d_model?", "fit --help"]),
+    (["--trainer.max_epoch", "1"], ["did you mean --trainer.max_epochs?"]),  # no abbreviations taken
+    (["--model.d_model", "abc"], ["--model.d_model takes int, got 'abc'"]),
+    (["--trainer.fast_dev_run", "xx"], ["--trainer.fast_dev_run takes int or bool"]),
+    (["--config", "YAML"], ["model.d_fff", "did you mean --model.d_ff?"]),  # a key in a config file
+])
+def test_fit_unknown_option_or_wrong_type_is_one_line_error(tmp_path, args, needles):
+    yaml_file = tmp_path / "extra.yaml"
+    yaml_file.write_text("model:\n  d_fff: 64\n", encoding="utf-8")
+    args = [str(yaml_file) if a == "YAML" else a for a in args]
+    proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, *args, check=False)
+    assert_one_line_error(proc, *needles)
+    assert proc.returncode == 2 and "usage:" not in proc.stderr
     assert "deprecated" not in proc.stderr and "--train.d_modle" not in proc.stderr  # a typo, not a moved key
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no run directory
+
+
+def test_command_options_are_one_line_errors(tmp_path):
+    proc = run_cli("evaluate", "--ckpt", tmp_path / "x.ckpt", "--bem", "4", check=False)
+    assert_one_line_error(proc, "--bem", "did you mean --beam?", "evaluate --help")
+    assert proc.returncode == 2 and "usage:" not in proc.stderr
+    proc = run_cli("translate", "--ckpt", tmp_path / "x.ckpt", "--beam", "four", check=False)
+    assert_one_line_error(proc, "--beam takes int or null, got 'four'")
+    assert_one_line_error(run_cli("translate", "--ckpt", tmp_path / "x.ckpt", "--bea", "2", check=False),
+                          "did you mean --beam?")
 
 
 def test_fit_empty_split_is_clear_error(tmp_path):

@@ -54,5 +54,6 @@ def test_a_trial_with_a_bad_key_fails_and_is_not_left_running(tmp_path):
     typo.write_text("name: typo\nbase: configs/smoke.yaml\ntrials: 1\nspace: {train.lrr: {low: 0.001, high: 0.002}}\n")
     proc = run_cli("sweep", "--sweep", typo, "--root", tmp_path / "sweeps", check=False)
     assert proc.returncode == 2 and "lrr" in proc.stderr and "trial000 stopped before training" in proc.stderr
+    assert "did you mean --train.lr?" in proc.stderr and "Traceback" not in proc.stderr
     states = sqlite3.connect(tmp_path / "sweeps/typo/study.db").execute("select state from trials").fetchall()
     assert states == [("FAIL",)]
