@@ -8,6 +8,7 @@ The command table in cli.py dispatches here; the sweep (sweep.py) runs its trial
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -236,6 +237,8 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     # only file is metrics.csv: its "exists and is not empty ... will be deleted" is not so here.
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated")  # Lightning's own
+    warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")  # (its size column)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
     created: list[Path] = []  # the run directory, where this fit made it
     replaced: list[Path] = []  # the run that --run.overwrite replaces, set aside
     try:
@@ -260,6 +263,11 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     if cli.subcommand == "fit" and rank_zero_only.rank == 0:
         print(f"run directory: {cli.run_dir}", flush=True)
     return cli
+
+
+def no_advertisement(record: logging.LogRecord) -> bool:
+    """Drops Lightning's start-up "Tip" that recommends a cloud logging service."""
+    return not str(record.msg).startswith("💡 Tip")
 
 
 # -- the `final:` step ---------------------------------------------------------------------
