@@ -1,8 +1,9 @@
-"""Training-time callbacks: a progress line per validation, attention images in W&B; and the
-plugin through which Lightning writes checkpoints."""
+"""Training-time callbacks: a progress line per validation, attention images in W&B; the
+plugin through which Lightning writes checkpoints, and the CSV logger that a resumed run appends to."""
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import math
 import os
@@ -13,6 +14,9 @@ import lightning as L
 import numpy as np
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from pipeline.checkpoints import save_atomically
 from pipeline.errors import UserError
@@ -167,3 +171,25 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath):
         super().__init__(dirpath=dirpath, filename="last", save_top_k=1, auto_insert_metric_name=False,
                          enable_version_counter=False)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger (runs/<name>/metrics.csv), except that a resumed fit (--ckpt_path)
+    appends to the rows the run logged before: Lightning's writer deletes an existing
+    metrics.csv when it starts. Rows a run logged after the checkpoint it resumes from stay, so
+    a step can appear twice."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:  # (called by __init__; Lightning's removes metrics.csv)
+        if self._fs.isfile(self.metrics_file_path):  # its header: new rows go under the same columns
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])

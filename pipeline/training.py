@@ -71,11 +71,11 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     LightningCLI (its trainer and model). `extra_callbacks` join fit's (the sweep's pruner)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
     from pipeline.callbacks import (AtomicCheckpointIO, AttentionImageCallback, LastCheckpoint, ProgressLog,
-                                    ReleaseFreedMemory)
+                                    ReleaseFreedMemory, ResumableCSVLogger)
     from pipeline.checkpoints import read_checkpoint
     from pipeline.datamodule import TranslationDataModule
     from pipeline.decoding import DecodingConfig
@@ -208,7 +208,7 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                 logger = WandbLogger(project=cfg.run.wandb_project, name=self.run_dir.name,
                                      save_dir=str(self.run_dir), group=cfg.run.wandb_group)
             else:
-                logger = CSVLogger(save_dir=str(self.run_dir), name="", version="")
+                logger = ResumableCSVLogger(save_dir=str(self.run_dir), name="", version="")
             plugins = list(cfg.trainer.get("plugins") or []) + [AtomicCheckpointIO()]
             return super().instantiate_trainer(callbacks=callbacks, logger=logger, plugins=plugins, **kwargs)
 
@@ -233,9 +233,6 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                       f"on {scores['n']} sentences, beam {self.model.decoding.beam}; {scores['signature']}", flush=True)
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-    # The run directory holds the tokenizer and the data cache before the CSV logger starts, whose
-    # only file is metrics.csv: its "exists and is not empty ... will be deleted" is not so here.
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated")  # Lightning's own
     warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")  # (its size column)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)

@@ -64,6 +64,16 @@ def test_resume_from_an_end_of_epoch_checkpoint_equals_uninterrupted_run(tmp_pat
         torch.load(tmp_path / "whole/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+    # metrics.csv (the smoke config logs to CSV) keeps the cut run's epoch 0 and goes on after it.
+    assert validations(tmp_path / "cut") == validations(tmp_path / "whole")
+
+
+def validations(run):
+    """(epoch, step, validation BLEU) of each validation row of a run's metrics.csv."""
+    import csv
+
+    rows = csv.DictReader((run / "metrics.csv").open(encoding="utf-8"))
+    return [(r["epoch"], r["step"], r["val/bleu"]) for r in rows if r.get("val/bleu")]
 
 
 def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
