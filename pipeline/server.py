@@ -2,7 +2,7 @@
 
     python -m pipeline serve --ckpt runs/NAME/checkpoints/best.ckpt [--host 127.0.0.1] [--port 8000]
 
-Routes (FastAPI; the OpenAPI docs are at /docs):
+Routes (FastAPI; the OpenAPI docs are at /docs and /redoc, their scripts served from here, not a CDN):
   GET  /            the page (pipeline/static/): text box, translation, n-best, cross-attention heatmap
   POST /translate   {"text": "..."} or {"texts": [...]}, optional "beam", "nbest"
   POST /attention   {"text": "..."}, optional "target" (default: the greedy translation), "self_attention"
@@ -240,10 +240,10 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
                commit: str | None = None):
     """The FastAPI app serving `translator` (a `Translator`); its model runs in one `BatchWorker`
     thread, started and stopped with the app's lifespan. `font`: the file behind /font.ttf."""
-    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException
 
@@ -263,7 +263,9 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
         yield
         await asyncio.to_thread(worker.stop)
 
-    app = FastAPI(title="pipeline translation server", lifespan=lifespan,
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN; these serve the same pages
+    # with the scripts shipped in the fastapi-offline package (/static-offline-docs/), offline too.
+    app = FastAPIOffline(title="pipeline translation server", lifespan=lifespan,
                   description=f"A {src_lang}→{tgt_lang} Transformer checkpoint: translations, n-best lists "
                               "and attention weights. Errors are {\"error\": \"...\"}.")
     app.state.worker = worker

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -177,8 +178,15 @@ def test_page_static_files_font_and_docs(http):
         assert response.status_code == 200 and response.headers["content-type"].startswith("font/")
         served = TTFont(io.BytesIO(response.content))
         assert ord("안") in served.getBestCmap() and not any(tag.startswith("TSI") for tag in served.keys())
-    assert http.get("/docs").status_code == 200
     assert {"/translate", "/attention", "/health"} <= set(http.get("/openapi.json").json()["paths"])
+    # The API pages load their scripts, styles and icon from this server, none from a CDN.
+    for docs in ("/docs", "/redoc"):
+        page = http.get(docs)
+        assert page.status_code == 200, docs
+        urls = re.findall(r"(?:src|href|url)\s*[=:]\s*['\"]([^'\"]+)['\"]", page.text)
+        assert any(u.endswith(".js") for u in urls) and not [u for u in urls if "//" in u], (docs, urls)
+        for url in urls:
+            assert http.get(url).status_code == 200, (docs, url)
 
 
 def test_concurrent_requests_all_get_their_own_answers(http, server, seed_run, ckpt, translator):
@@ -312,6 +320,14 @@ def test_page_in_headless_chromium(server, http):
             assert page.locator("#heatmap rect.cell").count() == rows * cols
             page.select_option("#head", "avg")
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+            # The API docs page renders its routes, with every request to this server (no CDN).
+            docs = browser.new_page()
+            hosts = set()
+            docs.on("request", lambda request: hosts.add(request.url.split("/")[2]))
+            docs.goto(server.url + "/docs")
+            docs.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            assert "/translate" in docs.locator(".opblock-summary-path").all_text_contents()
+            assert hosts == {server.url.split("/")[2]}, hosts
         finally:
             browser.close()
     assert 0 < SCREENSHOT.stat().st_size < 400_000
