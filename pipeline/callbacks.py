@@ -33,6 +33,9 @@ class ProgressLog(L.Callback):
 
         epoch 3 step 748 | train loss 3.210 | val loss 2.905 | val BLEU 20.39 | 5,120 tok/s |
         elapsed 0:10:31 | remaining ~1:35:12 | memory 4.21 GB
+    tok/s is this process's real (non-padding) source and target tokens over its training time
+    since the previous validation (validation itself left out), not one step's rate, which
+    swings with each batch's shape and whatever else the machine runs.
     The remaining time is the sooner of trainer.max_time and the steps left (to max_epochs or
     max_steps) at this process's mean time per step, validation included (steps, not epochs: a
     run resumed mid-epoch has done part of its first one). Elapsed is the training time the
@@ -45,16 +48,32 @@ class ProgressLog(L.Callback):
     def __init__(self):
         self.start = None
         self.first_step = 0
+        self.window_start = None  # when the training steps since the last validation began
+        self.window_tokens, self.window_seconds = 0, 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = time.monotonic()
         self.first_step = trainer.global_step  # past 0 when resumed from a checkpoint
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.window_start is None:
+            self.window_start = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.window_tokens += int((batch.src != PAD).sum()) + batch.n_tokens
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.window_start is not None:  # the training since the last validation ends here
+            self.window_seconds += time.monotonic() - self.window_start
+            self.window_start = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.start is None:
             return
         metrics = trainer.callback_metrics
         value = lambda key: float(metrics[key]) if key in metrics else float("nan")  # noqa: E731
+        rate = self.window_tokens / self.window_seconds if self.window_seconds > 0 else float("nan")
+        self.window_tokens, self.window_seconds = 0, 0.0
         here = time.monotonic() - self.start  # this process's share
         elapsed = here
         steps_here, total = trainer.global_step - self.first_step, trainer.estimated_stepping_batches
@@ -67,7 +86,7 @@ class ProgressLog(L.Callback):
             left.append(timer._duration - elapsed)
         line = (f"epoch {trainer.current_epoch} step {trainer.global_step} | train loss {value('train/loss'):.3f} | "
                 f"val loss {value('val/loss'):.3f} | val BLEU {value('val/bleu'):.2f} | "
-                f"{value('train/tokens_per_sec'):,.0f} tok/s | elapsed {_clock(elapsed)}")
+                f"{rate:,.0f} tok/s | elapsed {_clock(elapsed)}")
         if left:
             line += f" | remaining ~{_clock(min(left))}"
         rss = resident_gb()

@@ -235,6 +235,9 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated")  # Lightning's own
     warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")  # (its size column)
+    # Under DDP the validation metrics come from every rank's gathered rows (module.eval_epoch_end),
+    # the same on each rank: Lightning's advice to average them across ranks does not apply.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
     created: list[Path] = []  # the run directory, where this fit made it
     replaced: list[Path] = []  # the run that --run.overwrite replaces, set aside

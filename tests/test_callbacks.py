@@ -13,7 +13,7 @@ import pytest
 from helpers import SEED
 from pipeline.batching import collate
 from pipeline.callbacks import AtomicCheckpointIO, AttentionImageCallback, ProgressLog, ReleaseFreedMemory
-from pipeline.tokenizer import encode
+from pipeline.tokenizer import PAD, encode
 
 
 class RecordingLogger:
@@ -71,11 +71,19 @@ def test_progress_line_after_each_validation(capsys):
                               fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
                               callback_metrics={"train/loss": torch.tensor(3.25), "val/loss": torch.tensor(2.5),
                                                 "val/bleu": torch.tensor(20.391), "train/tokens_per_sec":
-                                                    torch.tensor(5120.0)})
+                                                    torch.tensor(999.0)})
     callback.on_validation_end(trainer, None)
     assert capsys.readouterr().out == ""  # nothing before training started
     trainer.global_step = 0
     callback.on_train_start(trainer, None)
+    # tok/s: the real tokens of the steps since the last validation over their time (here two
+    # batches of 3 source + 10,237 target tokens in 4 s), not the last step's logged rate.
+    batch = SimpleNamespace(src=torch.tensor([[5, 6, 7, PAD]]), n_tokens=10237)
+    for i in range(2):
+        callback.on_train_batch_start(trainer, None, batch, i)
+        callback.on_train_batch_end(trainer, None, None, batch, i)
+    callback.window_start -= 4.0
+    callback.on_validation_start(trainer, None)
     trainer.global_step = 40
     callback.start -= 100  # 100 s for 2 epochs: 3 more epochs take about 150 s
     callback.on_validation_end(trainer, None)
