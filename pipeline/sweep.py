@@ -1,11 +1,12 @@
 """Recipe search: `python -m pipeline sweep --sweep configs/sweeps/NAME.yaml` (or `make sweep`).
 
 Optuna samples the search space, each trial is an ordinary `fit` of the base config with the
-sampled values as command-line overrides (so a trial is reproducible by hand), one offline
-W&B run per trial grouped under the sweep, pruned on validation BLEU through Optuna's
-Lightning callback. The study lives in runs/sweeps/<name>/study.db (SQLite), so an
-interrupted sweep resumes where it stopped; the leaderboard is printed and written to
-runs/sweeps/<name>/leaderboard.json. (W&B's own sweeps need an online account:
+sampled values as command-line overrides (so a trial is reproducible by hand), a run directory
+per trial logged as the base config says (an offline W&B run grouped under the sweep, or
+metrics.csv), pruned on validation BLEU through Optuna's Lightning callback. The study lives
+in runs/sweeps/<name>/study.db (SQLite), so an interrupted sweep resumes where it stopped (a
+trial whose process was killed is marked failed once its heartbeat is STALE_AFTER_S old);
+the leaderboard is printed and written to runs/sweeps/<name>/leaderboard.json. (W&B's own sweeps need an online account:
 `wandb sweep` is the online alternative.)
 
 A sweep file:
@@ -23,10 +24,16 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
+
+# A running trial writes a heartbeat to study.db every HEARTBEAT_S; one silent for STALE_AFTER_S
+# (its process was killed) is marked failed when a sweep of the study starts or starts a trial,
+# instead of showing as running for good.
+HEARTBEAT_S, STALE_AFTER_S = 30, 120
 
 
 @dataclass
@@ -96,9 +103,13 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
     total = trials or config.trials
     sweep_dir = Path(root) / config.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=config.name, storage=f"sqlite:///{sweep_dir / 'study.db'}",
-                                direction="maximize", load_if_exists=True,
+    # (Optuna calls heartbeats experimental; they have worked since its 2.9)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'study.db'}", heartbeat_interval=HEARTBEAT_S,
+                                         grace_period=STALE_AFTER_S)
+    study = optuna.create_study(study_name=config.name, storage=storage, direction="maximize", load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    optuna.storages.fail_stale_trials(study)
 
     def objective(trial) -> float:
         values = {key: suggest(trial, key, spec) for key, spec in config.space.items()}

@@ -57,3 +57,30 @@ def test_a_trial_with_a_bad_key_fails_and_is_not_left_running(tmp_path):
     assert "did you mean --train.lr?" in proc.stderr and "Traceback" not in proc.stderr
     states = sqlite3.connect(tmp_path / "sweeps/typo/study.db").execute("select state from trials").fetchall()
     assert states == [("FAIL",)]
+
+
+def test_a_trial_whose_process_died_is_marked_failed(tmp_path, monkeypatch):
+    """A sweep killed mid-trial leaves that trial "running" in study.db; once its heartbeat is
+    stale, the next start of the sweep marks it failed (and does not count it as done)."""
+    import time
+
+    import optuna
+
+    from pipeline import sweep
+
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep, "STALE_AFTER_S", 1)
+    (tmp_path / "sweeps/dead").mkdir(parents=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'sweeps/dead/study.db'}", heartbeat_interval=1,
+                                         grace_period=1)
+    study = optuna.create_study(study_name="dead", storage=storage, direction="maximize")
+    trial = study.ask()  # the trial a killed process was running: its last heartbeat, then silence
+    storage.record_heartbeat(trial._trial_id)
+    done = study.ask()
+    study.tell(done, 30.0)
+    time.sleep(2.5)
+    sweep_file = tmp_path / "dead.yaml"
+    sweep_file.write_text("name: dead\nbase: configs/smoke.yaml\ntrials: 1\n"
+                          "space: {train.lr: {low: 0.001, high: 0.002}}\n", encoding="utf-8")
+    board = sweep.run_sweep(str(sweep_file), root=str(tmp_path / "sweeps"))  # 1 trial done: none to run
+    assert {row["trial"]: row["state"] for row in board} == {0: "fail", 1: "complete"}
