@@ -60,7 +60,8 @@ class ProgressLog(L.Callback):
             self.window_start = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.window_tokens += int((batch.src != PAD).sum()) + batch.n_tokens
+        # summed where the batch is (a tensor): read once per validation, no GPU sync per step
+        self.window_tokens = self.window_tokens + (batch.src != PAD).sum() + batch.n_tokens
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self.window_start is not None:  # the training since the last validation ends here
@@ -72,7 +73,7 @@ class ProgressLog(L.Callback):
             return
         metrics = trainer.callback_metrics
         value = lambda key: float(metrics[key]) if key in metrics else float("nan")  # noqa: E731
-        rate = self.window_tokens / self.window_seconds if self.window_seconds > 0 else float("nan")
+        rate = float(self.window_tokens) / self.window_seconds if self.window_seconds > 0 else float("nan")
         self.window_tokens, self.window_seconds = 0, 0.0
         here = time.monotonic() - self.start  # this process's share
         elapsed = here
@@ -209,6 +210,11 @@ class ResumableCSVLogger(CSVLogger):
 
 class _AppendingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:  # (called by __init__; Lightning's removes metrics.csv)
-        if self._fs.isfile(self.metrics_file_path):  # its header: new rows go under the same columns
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = next(csv.reader(file), [])
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            text = file.read()
+        if text and not text.endswith("\n"):  # a row cut by a kill: dropped, not joined to the next
+            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+                file.write(text[: text.rfind("\n") + 1])
+        self.metrics_keys = next(csv.reader(text.splitlines()), [])  # new rows go under the same columns

@@ -22,11 +22,10 @@ def option_error(command: str, message: str, options: Iterable[str]) -> UserErro
     wrong = None
     if match := re.match(r'Parser key "([^"]+)":\s*(.*)', text):  # a value of the wrong type, a missing file
         key, detail = match.groups()
-        types = list(dict.fromkeys(re.findall(r"Expected a <class '(\w+)'>", message)))
+        accepted = accepted_values(message)
         given = re.search(r"(?:Got|Given) value: (.*)", message)
-        if types and given:  # "Expected a <class 'int'>. Got value: abc", or one such line per type of a Union
-            types = [t.replace("NoneType", "null") for t in types]
-            text = f"--{key} takes {' or '.join(types)}, got {given.group(1).strip()!r}"
+        if accepted and given:  # "Expected a <class 'int'>. Got value: abc", or one such line per type of a Union
+            text = f"--{key} takes {accepted}, got {given.group(1).strip()!r}"
         else:
             text = f"--{key}: {detail or (lines[1] if len(lines) > 1 else 'invalid value')}"
     elif match := re.match(r"unrecognized arguments: (\S+)", text):  # a mistyped flag
@@ -36,3 +35,19 @@ def option_error(command: str, message: str, options: Iterable[str]) -> UserErro
     close = difflib.get_close_matches(wrong, list(options), n=1, cutoff=0.7) if wrong else []
     hint = f" (did you mean {close[0]}?)" if close else ""
     return UserError(f"{text}{hint}; python -m pipeline {command} --help lists the options")
+
+
+def accepted_values(message: str) -> str | None:
+    """What jsonargparse's "Expected a ..." lines accept, in words ("int or null", "one of 'wandb',
+    'csv'"), or None where a line is of a kind this does not read."""
+    expected = re.findall(r"Expected a (.*?)(?:\. Got value:.*)?$", message, flags=re.MULTILINE)
+    types, literals = [], []
+    for item in expected:
+        if match := re.fullmatch(r"<class '(\w+)'>", item.strip()):
+            types.append("null" if match.group(1) == "NoneType" else match.group(1))
+        elif match := re.fullmatch(r"typing\.Literal\[(.*)\]", item.strip()):
+            literals.append(match.group(1))
+        else:
+            return None
+    words = [t for t in types if t != "null"] + ([f"one of {', '.join(literals)}"] if literals else [])
+    return " or ".join(words + ["null"] * ("null" in types)) or None

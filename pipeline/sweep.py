@@ -129,9 +129,9 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
             stopped.append(UserError(f"{name} stopped before training: {e} (a setting of {sweep_file})"))
             trial.study.stop()
             return float("nan")
-        except SystemExit as e:  # (an exit of the parser's own, e.g. --help in the sweep's args)
-            raise UserError(f"{name} stopped before training (exit {e.code}): the message above names the "
-                            f"setting of {sweep_file} to fix") from None
+        except SystemExit as e:  # Lightning's exit on Ctrl-C, or --help among the sweep's args
+            raise UserError(f"{name} stopped (exit {e.code}): interrupted, or the message above names the setting "
+                            f"of {sweep_file} to fix") from None
         trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
         score = cli.trainer.checkpoint_callback.best_model_score
         if score is None:
@@ -139,7 +139,9 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
         return float(score)
 
     stopped: list[UserError] = []
-    done = len([t for t in study.trials if t.state.is_finished()])
+    # Failed trials (a bad setting, a killed process) do not count: a rerun tries them again.
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len([t for t in study.trials if t.state in counted])
     if done < total:
         study.optimize(objective, n_trials=total - done, catch=())
     if stopped:

@@ -71,6 +71,7 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     LightningCLI (its trainer and model). `extra_callbacks` join fit's (the sweep's pruner)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -129,16 +130,11 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                 if not cfg.run.overwrite:
                     raise UserError(f"run directory {self.run_dir} already exists: resume with --ckpt_path last, "
                                     "pick another --run.name, or pass --run.overwrite true")
-                # Set aside, not deleted, until this fit is past its set-up: bad input (below)
-                # puts the old run back instead of leaving neither.
-                aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced")
-                shutil.rmtree(aside, ignore_errors=True)
-                self.run_dir.rename(aside)
-                replaced.append(aside)
+                run_directory.set_aside(self.run_dir)
             if cfg.get("ckpt_path") == "last" and not (self.run_dir / "checkpoints" / "last.ckpt").exists():
                 raise UserError(f"--ckpt_path last: no {self.run_dir}/checkpoints/last.ckpt to resume from")
             if not self.run_dir.exists():
-                created.append(self.run_dir)  # removed again if bad input stops this fit (below)
+                run_directory.created = self.run_dir
             self.run_dir.mkdir(parents=True, exist_ok=True)
             print(f"run directory: {self.run_dir}", flush=True)
 
@@ -178,7 +174,10 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             self.datamodule = self._get(self.config_init, "data")
             self.model = TranslationModule(self._get(self.config_init, "model"), self._get(self.config_init, "train"),
                                            self._get(self.config_init, "decoding"))
-            self.trainer = self.instantiate_trainer()
+            try:  # Lightning's checks of --trainer.* (accelerator, devices, strategy, precision)
+                self.trainer = self.instantiate_trainer()
+            except (ValueError, MisconfigurationException) as e:
+                raise UserError(f"trainer: {str(e).strip().splitlines()[0]}") from None
 
         def instantiate_trainer(self, **kwargs):
             cfg = self.config_init[self.subcommand]
@@ -186,7 +185,7 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                 return super().instantiate_trainer(logger=False, **kwargs)
             ckpt_dir = self.run_dir / "checkpoints"
             callbacks = list(cfg.trainer.get("callbacks") or []) + [ProgressLog(), ReleaseFreedMemory(),
-                                                                  *(extra_callbacks or [])]
+                                                                  run_directory.callback(), *(extra_callbacks or [])]
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/bleu", mode="max",
                                              save_top_k=1, auto_insert_metric_name=False,
                                              enable_version_counter=False))
@@ -239,30 +238,74 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     # the same on each rank: Lightning's advice to average them across ranks does not apply.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
-    created: list[Path] = []  # the run directory, where this fit made it
-    replaced: list[Path] = []  # the run that --run.overwrite replaces, set aside
+    run_directory = RunDirectory()
     try:
         cli = TranslationCLI(None, TranslationDataModule, args=args, save_config_kwargs={"overwrite": True},
                              trainer_defaults={"use_distributed_sampler": False}, auto_configure_optimizers=False,
                              parser_kwargs={"exit_on_error": False, "allow_abbrev": False, "prog": "python -m pipeline",
                                             **{name: {"allow_abbrev": False} for name in ("fit", "validate", "test")}})
-    except UserError:
-        # Bad input (a data path, a config value, a language key) stops a fit before it trains:
-        # the directory it just made would only make the corrected command fail with "already
-        # exists", and a run it was to replace comes back. A directory holding a checkpoint
-        # is never removed.
-        for run_dir in created:
-            if run_dir.is_dir() and not any(run_dir.rglob("*.ckpt")):
-                shutil.rmtree(run_dir, ignore_errors=True)
-                for aside in replaced:
-                    aside.rename(run_dir)
+    except BaseException:
+        run_directory.undo()
         raise
-    finally:
-        for aside in replaced:
-            shutil.rmtree(aside, ignore_errors=True)
+    run_directory.keep()
     if cli.subcommand == "fit" and rank_zero_only.rank == 0:
         print(f"run directory: {cli.run_dir}", flush=True)
     return cli
+
+
+class RunDirectory:
+    """What one `fit` does to its run directory (rank 0; DDP's other ranks leave it alone).
+
+    A fit that stops before its first training step (bad input, found in the set-up; a
+    crash; Ctrl-C) takes back the directory it made, so that the corrected command is not
+    refused as "already exists", and puts back the run that --run.overwrite was to replace:
+    that one is set aside (renamed .NAME.replaced) until the new run has trained a step, and
+    deleted then."""
+
+    def __init__(self):
+        self.created: Path | None = None  # the run directory, where this fit made it
+        self.aside: tuple[Path, Path] | None = None  # (the replaced run, set aside; where it was)
+        self.trained = False
+
+    def set_aside(self, run_dir: Path) -> None:
+        aside = run_dir.with_name(f".{run_dir.name}.replaced")
+        shutil.rmtree(aside, ignore_errors=True)  # (one a killed fit left)
+        run_dir.rename(aside)
+        self.aside = (aside, run_dir)
+
+    def callback(self):
+        """The Lightning callback that tells this fit's first training step."""
+        from lightning.pytorch.callbacks import LambdaCallback
+
+        def first_step(trainer, *_) -> None:
+            if not self.trained and trainer.is_global_zero:
+                self.trained = True
+                self.keep()
+
+        return LambdaCallback(on_train_batch_end=first_step)
+
+    def keep(self) -> None:
+        """The new run stands: the replaced one goes."""
+        if self.aside is not None:
+            shutil.rmtree(self.aside[0], ignore_errors=True)
+            self.aside = None
+
+    def undo(self) -> None:
+        if self.trained:
+            return
+        wandb = sys.modules.get("wandb")
+        if self.created is not None and wandb is not None and getattr(wandb, "run", None) is not None:
+            with contextlib.suppress(Exception):  # else its exit hook writes into the directory once it is gone
+                wandb.finish(exit_code=2)
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+        if self.aside is not None:
+            aside, run_dir = self.aside
+            try:
+                aside.rename(run_dir)
+            except OSError as e:
+                print(f"warning: the run that --run.overwrite was to replace is still at {aside} ({e})",
+                      file=sys.stderr, flush=True)
 
 
 def no_advertisement(record: logging.LogRecord) -> bool:
@@ -274,18 +317,21 @@ def no_advertisement(record: logging.LogRecord) -> bool:
 def training_facts(run_dir: Path) -> dict:
     """results.json's record of the training for a `finalize` run on its own (fit writes it from
     its trainer): epochs, global_step and training_time_s (the max_time Timer's count when
-    last.ckpt was written) from the run's last.ckpt, precision from its config.yaml, and the
-    fit's command, wall time and training time from an earlier results.json that describes the
-    same step (else the command is finalize's own and the wall time null)."""
+    last.ckpt was written) from the run's last.ckpt (or best.ckpt), precision from its
+    config.yaml, and the fit's command, wall time, training time and precision from an earlier
+    results.json that describes the same step (else the command is finalize's own and the wall
+    time null)."""
     import json
 
     import yaml
 
     from pipeline.checkpoints import read_checkpoint
 
-    checkpoints = run_dir / "checkpoints"
-    last = checkpoints / "last.ckpt" if (checkpoints / "last.ckpt").is_file() else checkpoints / "best.ckpt"
-    ckpt = read_checkpoint(last) if last.is_file() else {}
+    ckpt = {}
+    for name in ("last.ckpt", "best.ckpt"):  # (finalize itself needs only best.ckpt)
+        with contextlib.suppress(UserError):
+            ckpt = read_checkpoint(run_dir / "checkpoints" / name)
+            break
     timer = (ckpt.get("callbacks") or {}).get("Timer") or {}
     facts = {"epochs": ckpt["epoch"] + 1 if "epoch" in ckpt else None, "global_step": ckpt.get("global_step"),
              "precision": None, "wall_time_s": None,
@@ -296,7 +342,7 @@ def training_facts(run_dir: Path) -> dict:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         earlier = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
         if earlier.get("global_step") == facts["global_step"] and earlier.get("command"):
-            facts |= {k: earlier[k] for k in ("command", "wall_time_s", "training_time_s") if k in earlier}
+            facts |= {k: earlier[k] for k in ("command", "wall_time_s", "training_time_s", "precision") if k in earlier}
     return facts
 
 

@@ -159,3 +159,19 @@ def test_lightning_writes_checkpoints_through_a_picklable_atomic_plugin(tmp_path
     io = pickle.loads(pickle.dumps(AtomicCheckpointIO()))
     io.save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
     assert written == [({"step": 1}, tmp_path / "last.ckpt")]
+
+
+def test_csv_logger_of_a_resumed_run_appends_to_its_rows(tmp_path):
+    """A resumed fit keeps the rows metrics.csv has (Lightning's writer deletes the file), under
+    the same header, a new column added to every row; a row a kill cut short is dropped."""
+    import csv
+
+    from pipeline.callbacks import ResumableCSVLogger
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n0,9,4.5\n0,19,4.0\n1,2", encoding="utf-8")
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="")
+    logger.log_metrics({"epoch": 1, "train/loss": 3.5, "val/bleu": 12.0}, step=29)
+    logger.save()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open(encoding="utf-8")))
+    assert [(r["step"], r["train/loss"], r["val/bleu"]) for r in rows] == [
+        ("9", "4.5", ""), ("19", "4.0", ""), ("29", "3.5", "12.0")]

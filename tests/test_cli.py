@@ -170,15 +170,33 @@ def test_fit_bad_input_is_one_line_error(tmp_path, args, needles):
     assert not (tmp_path / "smoke").exists()  # so that the corrected command is not refused as "already exists"
 
 
-def test_fit_overwrite_with_bad_input_keeps_the_old_run(tmp_path):
+@pytest.mark.parametrize("args, needle", [
+    (["--data.path", "does-not-exist"], "data directory not found"),  # found in the data's set-up
+    (["--trainer.accelerator", "foo"], "trainer: You selected an invalid accelerator"),  # by Lightning's Trainer
+    (["--run.logger", "wandb", "--model.max_positions", "8"], "model.max_positions=8"),  # after W&B has started
+])
+def test_fit_overwrite_with_bad_input_keeps_the_old_run(tmp_path, args, needle):
     old = tmp_path / "smoke" / "checkpoints" / "last.ckpt"
     old.parent.mkdir(parents=True)
     old.write_bytes(b"the run to replace")
     proc = run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--run.overwrite", "true",
-                   "--data.path", tmp_path / "does-not-exist", check=False)
-    assert_one_line_error(proc, "data directory not found")
+                   *args, check=False)
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 2
     assert old.read_bytes() == b"the run to replace"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # nothing set aside is left
+    assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["checkpoints"]  # nor written into it
+
+
+def test_fit_overwrite_replaces_the_old_run_once_it_trains(tmp_path):
+    old = tmp_path / "smoke" / "old-file"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"the run to replace")
+    run_cli("fit", "--config", "configs/smoke.yaml", "--run.root", tmp_path, "--run.overwrite", "true",
+            "--trainer.max_steps", "2", "--data.train_limit", "100", "--data.val_limit", "10",
+            "--final.enabled", "false", "--trainer.enable_progress_bar", "false")
+    assert not old.exists() and (tmp_path / "smoke/checkpoints/last.ckpt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # the replaced run is gone
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -186,6 +204,7 @@ def test_fit_overwrite_with_bad_input_keeps_the_old_run(tmp_path):
     (["--trainer.max_epoch", "1"], ["did you mean --trainer.max_epochs?"]),  # no abbreviations taken
     (["--model.d_model", "abc"], ["--model.d_model takes int, got 'abc'"]),
     (["--trainer.fast_dev_run", "xx"], ["--trainer.fast_dev_run takes int or bool"]),
+    (["--run.logger", "tb"], ["--run.logger takes one of 'wandb', 'csv', got 'tb'"]),
     (["--config", "YAML"], ["model.d_fff", "did you mean --model.d_ff?"]),  # a key in a config file
 ])
 def test_fit_unknown_option_or_wrong_type_is_one_line_error(tmp_path, args, needles):

@@ -59,17 +59,23 @@ def test_a_trial_with_a_bad_key_fails_and_is_not_left_running(tmp_path):
     assert states == [("FAIL",)]
 
 
-def test_a_trial_whose_process_died_is_marked_failed(tmp_path, monkeypatch):
+def test_a_trial_whose_process_died_is_marked_failed_and_run_again(tmp_path, monkeypatch):
     """A sweep killed mid-trial leaves that trial "running" in study.db; once its heartbeat is
-    stale, the next start of the sweep marks it failed (and does not count it as done)."""
+    stale, the next start of the sweep marks it failed, and a failed trial does not count as
+    done: a sweep of 2 trials with one complete runs one more."""
     import time
+    from types import SimpleNamespace
 
     import optuna
+    import torch
 
-    from pipeline import sweep
+    from pipeline import sweep, training
 
     monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
     monkeypatch.setattr(sweep, "STALE_AFTER_S", 1)
+    fits = []  # the trial's `fit`, stood in for: it validated at 12.5 BLEU
+    monkeypatch.setattr(training, "lightning_cli", lambda args, extra_callbacks=None: fits.append(args) or SimpleNamespace(
+        trainer=SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_score=torch.tensor(12.5)))))
     (tmp_path / "sweeps/dead").mkdir(parents=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'sweeps/dead/study.db'}", heartbeat_interval=1,
                                          grace_period=1)
@@ -80,7 +86,9 @@ def test_a_trial_whose_process_died_is_marked_failed(tmp_path, monkeypatch):
     study.tell(done, 30.0)
     time.sleep(2.5)
     sweep_file = tmp_path / "dead.yaml"
-    sweep_file.write_text("name: dead\nbase: configs/smoke.yaml\ntrials: 1\n"
+    sweep_file.write_text("name: dead\nbase: configs/smoke.yaml\ntrials: 2\n"
                           "space: {train.lr: {low: 0.001, high: 0.002}}\n", encoding="utf-8")
-    board = sweep.run_sweep(str(sweep_file), root=str(tmp_path / "sweeps"))  # 1 trial done: none to run
-    assert {row["trial"]: row["state"] for row in board} == {0: "fail", 1: "complete"}
+    board = sweep.run_sweep(str(sweep_file), root=str(tmp_path / "sweeps"))
+    assert {row["trial"]: row["state"] for row in board} == {0: "fail", 1: "complete", 2: "complete"}
+    assert len(fits) == 1 and "trial002" in fits[0]
+    assert [row["val_bleu"] for row in board] == [30.0, 12.5, None]  # best first, the failed one last
