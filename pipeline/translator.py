@@ -59,23 +59,28 @@ class WeightStamp:
 
 
 class PackedLinear(nn.Module):
-    """An fp32 Linear layer for CPU inference whose weight is kept in MKL's packed GEMM layout.
+    """A Linear layer for CPU inference whose weight is kept packed in its kernel's GEMM layout:
+    MKL's for fp32 weights, oneDNN's for bf16 ones (`--quantize bf16`, and ArgmaxHead's product).
 
-    torch's CPU matrix product (MKL sgemm) re-packs the weight on every call; packed once, a
-    greedy step's products at 64 rows take 11-20% less time (the LM head 937 -> 765 us at
-    64 x 256 x 8000 on this project's CPU machine), beam 4's at 256 rows 3-9% less, for a packed
-    copy of each weight beside it (bench/results/2026-11-27-packed-linear.json).
-    This is the kernel torch.compile's CPU freezing pass emits for fp32 linear layers
-    (`torch.ops.mkl._mkl_linear`), called directly. Same weights, same results up to summation
-    order. torch's own product runs instead (`rows_if_packed`) above MAX_ROWS rows, wherever
-    gradients are wanted (the packed kernel has none), for inputs that are not fp32 CPU tensors
-    of the layer's width, and under autocast. The weight is packed at its first packed call, so
-    layers that never run at MAX_ROWS rows or fewer (projections that merged ones replace, an
-    encoder fed long batches) keep no packed copy, and packed again after it changes in place.
+    torch's CPU matrix product re-packs the weight on every call. Packed once, fp32 (MKL sgemm):
+    a greedy step's products at 64 rows take 11-20% less time (the LM head 937 -> 765 us at
+    64 x 256 x 8000 on this project's CPU machine), beam 4's at 256 rows 3-9% less
+    (bench/results/2026-11-27-packed-linear.json); bf16 (oneDNN): each product alone 1.03-2.3x as
+    fast at 1 to 256 rows, the same results bit for bit, whole decodes 1.02-1.07x
+    (bench/results/2026-11-28-packed-bf16-{1,2}.json). These are the kernels torch.compile's CPU
+    freezing pass emits for linear layers (`torch.ops.mkl._mkl_linear`,
+    `torch.ops.mkldnn._linear_pointwise`), called directly, for a packed copy of each weight
+    beside it. Same weights, same results up to summation order. torch's own product runs
+    instead (`rows_if_packed`) for fp32 above MAX_ROWS rows, wherever gradients are wanted (the
+    packed kernels have none), for inputs that are not CPU tensors of the weight's dtype and the
+    layer's width, under autocast, and where this torch's kernel fails its check (`packing_works`).
+    The weight is packed at its first packed call, so layers that never run packed (projections
+    that merged ones replace, an encoder fed long batches) keep no packed copy, and packed again
+    after it changes in place.
     """
 
-    # Above this many rows torch's own product is as fast or faster (at 512-2,048 rows the packed
-    # one took 0-20% longer: the encoder, and beam search over large batches).
+    # Above this many rows torch's own fp32 product is as fast or faster (at 512-2,048 rows the
+    # packed one took 0-20% longer: the encoder, and beam search over large batches).
     MAX_ROWS = 256
 
     def __init__(self, linear: nn.Linear):
@@ -89,17 +94,23 @@ class PackedLinear(nn.Module):
         """The packed copy of the weight, (re)made if there is none or the weight changed since
         (see `WeightStamp`: in place, replaced, or moved to another dtype and back)."""
         if self.packed is None or not self.packed_for.matches(self.weight):
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), 64)
+            weight = self.weight.detach()
+            reorder = (torch.ops.mkl._mkl_reorder_linear_weight if weight.dtype == torch.float32
+                       else torch.ops.mkldnn._reorder_linear_weight)
+            self.packed = reorder(weight, 64)
             self.packed_for = WeightStamp(self.weight)
         return self.packed
 
     def rows_if_packed(self, x: Tensor) -> int | None:
         """The row count the packed kernel runs x with, or None where torch's product runs."""
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        if (rows > self.MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu or x.size(-1) != self.in_features
+        if (x.dtype != self.weight.dtype or x.dtype not in PACKED_DTYPES
+                or (x.dtype == torch.float32 and rows > self.MAX_ROWS) or not x.is_cpu or not self.weight.is_cpu
+                or x.size(-1) != self.in_features
                 or torch.is_autocast_enabled("cpu")
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
-                                                 or (self.bias is not None and self.bias.requires_grad)))):
+                                                 or (self.bias is not None and self.bias.requires_grad)))
+                or not packing_works(x.dtype)):
             return None
         return rows
 
@@ -108,8 +119,10 @@ class PackedLinear(nn.Module):
         rows = self.rows_if_packed(x)
         if rows is None:
             return F.linear(x, self.weight, self.bias)
+        if x.dtype == torch.bfloat16:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
         # The last argument is the row count the kernel was packed for; MKL's packed layout of
-        # the weight does not depend on it (checked once per process: `mkl_packing_works`), so
+        # the weight does not depend on it (checked once per process: `packing_works`), so
         # passing each call's own row count takes the packed path at every batch size.
         return torch.ops.mkl._mkl_linear(x, self.packed_weight(), self.weight, self.bias, rows)
 
@@ -130,26 +143,44 @@ class PackedLinear(nn.Module):
         return {**super().__getstate__(), "packed": None, "packed_for": None}
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed for MKL"
+        kernel = "MKL" if self.weight.dtype == torch.float32 else "oneDNN"
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed for {kernel}"
+
+
+PACKED_DTYPES = (torch.float32, torch.bfloat16)  # MKL's packed sgemm; oneDNN's packed bf16 product
 
 
 @functools.cache
-def mkl_packing_works() -> bool:
-    """Whether this torch has MKL's packed linear kernel and it gives F.linear's results for row
-    counts other than the one it was packed for (1 to MAX_ROWS rows, a few shapes). Leaves the
-    global random state as it was."""
-    if not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")):
+def packing_works(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch has the packed linear kernel for `dtype` (MKL's for fp32, oneDNN's for
+    bf16) and it gives F.linear's results for row counts other than the one it was packed for
+    (1 to 2 x MAX_ROWS rows, a few shapes; bf16 within bf16's rounding). Leaves the global
+    random state as it was."""
+    if dtype == torch.float32:
+        available = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+        rtol = 1e-4
+    else:
+        available = dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() and hasattr(
+            torch.ops.mkldnn, "_linear_pointwise")
+        rtol = 2e-2
+    if not available:
         return False
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
             for rows, n_in, n_out in ((1, 48, 40), (3, 64, 200), (64, 64, 64), (65, 512, 96), (100, 96, 24),
-                                      (PackedLinear.MAX_ROWS - 1, 256, 130), (PackedLinear.MAX_ROWS, 32, 768)):
-                linear = nn.Linear(n_in, n_out)
-                x = torch.randn(rows, n_in)
-                expected = linear(x)
-                tolerance = 1e-5 * float(expected.abs().max())
-                if not torch.allclose(PackedLinear(linear)(x), expected, rtol=1e-4, atol=tolerance):
+                                      (PackedLinear.MAX_ROWS - 1, 256, 130), (PackedLinear.MAX_ROWS, 32, 768),
+                                      (2 * PackedLinear.MAX_ROWS + 3, 64, 72)):
+                linear = nn.Linear(n_in, n_out).to(dtype)
+                x = torch.randn(rows, n_in).to(dtype)
+                weight = PackedLinear(linear).packed_weight()  # (the kernels called as forward calls them)
+                if dtype == torch.bfloat16:
+                    packed = torch.ops.mkldnn._linear_pointwise(x, weight, linear.bias, "none", [], "")
+                else:
+                    packed = torch.ops.mkl._mkl_linear(x, weight, linear.weight, linear.bias, rows)
+                expected = linear(x).float()
+                tolerance = rtol / 10 * float(expected.abs().max())
+                if not torch.allclose(packed.float(), expected, rtol=rtol, atol=tolerance):
                     return False
     except RuntimeError:  # a build without the kernel behind the op
         return False
@@ -157,13 +188,12 @@ def mkl_packing_works() -> bool:
 
 
 def pack_linear_layers(model: nn.Module) -> nn.Module:
-    """Every fp32 CPU nn.Linear of `model` as a PackedLinear, in place, where this torch's MKL
-    supports it (`mkl_packing_works`); otherwise `model` as it is."""
-    if not mkl_packing_works():
-        return model
+    """Every fp32 or bf16 CPU nn.Linear of `model` as a PackedLinear, in place, where this torch's
+    kernel for its dtype works (`packing_works`); the other layers as they are."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+            if (type(child) is nn.Linear and child.weight.dtype in PACKED_DTYPES and child.weight.device.type == "cpu"
+                    and packing_works(child.weight.dtype)):
                 setattr(module, name, PackedLinear(child))
     return model
 
@@ -217,6 +247,10 @@ class ArgmaxHead:
         padded = -(-vocab // self.CHUNK) * self.CHUNK  # zero rows up to whole chunks, masked in __call__
         self.weight_bf16 = weight.new_zeros(padded, d, dtype=torch.bfloat16)
         self.weight_bf16[:vocab] = weight
+        # Its product, packed for oneDNN where that works (PackedLinear: 1.4-1.9x the unpacked one here)
+        carrier = nn.Linear(d, padded, bias=False, device="meta")
+        carrier.weight = nn.Parameter(self.weight_bf16, requires_grad=False)
+        self.product = PackedLinear(carrier) if packing_works(torch.bfloat16) else carrier
         # ε per unit of ‖y‖: rounding y and w (2u) and the bf16 result (u), u = 2⁻⁸, with a
         # margin for the products of roundings (3u + 3u² + u³ < 3.1u), plus the fp32 sums'
         # d·2⁻²⁴ on each side (the bf16 product's accumulation and the candidates' rescoring).
@@ -235,7 +269,7 @@ class ArgmaxHead:
         if not self.prepared_for.matches(self.head.weight):
             self.prepare()
         b = states.size(0)
-        approx = F.linear(states.to(torch.bfloat16), self.weight_bf16).float()  # (b, V padded)
+        approx = self.product(states.to(torch.bfloat16)).float()  # (b, V padded)
         approx[:, self.vocab:] = float("-inf")
         approx[:, list(banned)] = float("-inf")
         n_chunks = self.weight_bf16.size(0) // self.CHUNK
@@ -334,7 +368,7 @@ def keep_freed_memory() -> bool:
 def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     """A copy of `model` prepared for decoding: eval mode and each attention's projections
     merged into one product; then either, in fp32 on the CPU, the linear layers' weights packed
-    for MKL (PackedLinear) and, where it is faster, greedy decoding's best tokens picked by an
+    for MKL (PackedLinear; in bf16, for oneDNN) and, where it is faster, greedy decoding's best tokens picked by an
     ArgmaxHead (the same tokens), or with quantize="int8", every linear layer (the LM head
     included) dynamically quantized (int8 weights per output channel; activations quantized on
     the fly with one scale per tensor, so a sentence's translation can depend on the other
@@ -351,6 +385,8 @@ def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     model.argmax_head = None  # (a copy of a prepared model may carry one for fp32 weights)
     if quantize == "bf16":
         model = model.to(torch.bfloat16)
+        if device.type == "cpu":
+            model = pack_linear_layers(model)
     elif quantize == "int8":
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 

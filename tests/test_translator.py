@@ -109,12 +109,12 @@ def test_bf16_translator_keeps_what_the_model_learnt(seed_run):
 def require_mkl_packing():
     """Skip where torch has no MKL (not an x86 build); where it has, the packing self-check must
     pass (a check broken on this machine would otherwise switch packing off unseen)."""
-    from pipeline.translator import mkl_packing_works
+    from pipeline.translator import packing_works
 
     if not torch.backends.mkl.is_available():
         pytest.skip("torch here is built without MKL (e.g. an ARM build): inference_model packs no weights on it, "
                     "so there is no packed path to test")
-    assert mkl_packing_works()
+    assert packing_works(torch.float32) and packing_works(torch.bfloat16) == torch.backends.mkldnn.is_available()
 
 
 PRODUCTS = {"aten::linear", "aten::addmm", "aten::mm", "aten::matmul"}  # torch's own product
@@ -141,6 +141,14 @@ def test_packed_linear_layers_give_the_linear_results():
             x = torch.randn(*shape, generator=generator)
             with torch.inference_mode():
                 torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
+        # bf16 (--quantize bf16, ArgmaxHead): oneDNN's packed product, bit for bit the unpacked one's
+        linear = linear.to(torch.bfloat16)
+        packed = PackedLinear(linear)
+        for shape in ((1, n_in), (64, n_in), (4, 64, n_in), (0, n_in), (600, n_in)):
+            x = torch.randn(*shape, generator=generator).to(torch.bfloat16)
+            with torch.inference_mode():
+                assert torch.equal(packed(x), linear(x)), shape
+                assert "mkldnn::_linear_pointwise" in ops_run(packed, x) and not ops_run(packed, x) & PRODUCTS
 
 
 def test_fp32_cpu_inference_packs_every_linear_layer(seed_run):
@@ -151,8 +159,10 @@ def test_fp32_cpu_inference_packs_every_linear_layer(seed_run):
     model = load_checkpoint(seed_run[0], "cpu").model
     layers = [m for m in inference_model(model).modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
     assert layers and all(isinstance(m, PackedLinear) for m in layers)
-    bf16 = inference_model(model, "bf16")  # packing is fp32-only: lower precisions keep their own layers
-    assert not any(isinstance(m, PackedLinear) for m in bf16.modules())
+    bf16 = [m for m in inference_model(model, "bf16").modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
+    assert bf16 and all(isinstance(m, PackedLinear) and m.weight.dtype == torch.bfloat16 for m in bf16)
+    int8 = inference_model(model, "int8")  # torch's dynamically quantized layers, not packed here
+    assert not any(isinstance(m, PackedLinear) for m in int8.modules())
 
 
 def test_packed_linear_runs_the_packed_kernel_only_where_it_is_right():
