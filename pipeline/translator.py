@@ -154,7 +154,7 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)  # MKL's packed sgemm; oneDNN's 
 def packing_works(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this torch has the packed linear kernel for `dtype` (MKL's for fp32, oneDNN's for
     bf16) and it gives F.linear's results for row counts other than the one it was packed for
-    (1 to 2 x MAX_ROWS rows, a few shapes; bf16 within bf16's rounding). Leaves the global
+    (1 to 2 x MAX_ROWS + 3 rows, a few shapes; bf16 within bf16's rounding). Leaves the global
     random state as it was."""
     if dtype == torch.float32:
         available = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
@@ -247,7 +247,8 @@ class ArgmaxHead:
         padded = -(-vocab // self.CHUNK) * self.CHUNK  # zero rows up to whole chunks, masked in __call__
         self.weight_bf16 = weight.new_zeros(padded, d, dtype=torch.bfloat16)
         self.weight_bf16[:vocab] = weight
-        # Its product, packed for oneDNN where that works (PackedLinear: 1.4-1.9x the unpacked one here)
+        # Its product, packed for oneDNN where that works (PackedLinear; at 64 x 256 -> 8,000, 1.35-1.40x the
+        # unpacked one here: bench/results/2026-11-28-packed-bf16-{1,2}.json)
         carrier = nn.Linear(d, padded, bias=False, device="meta")
         carrier.weight = nn.Parameter(self.weight_bf16, requires_grad=False)
         self.product = PackedLinear(carrier) if packing_works(torch.bfloat16) else carrier
