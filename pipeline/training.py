@@ -14,11 +14,10 @@ import sys
 import tempfile
 import time
 import warnings
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-from argparse import ArgumentError
 
 from pipeline.errors import UserError, option_error
 
