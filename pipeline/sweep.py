@@ -6,8 +6,8 @@ per trial logged as the base config says (an offline W&B run grouped under the s
 metrics.csv), pruned on validation BLEU through Optuna's Lightning callback. The study lives
 in runs/sweeps/<name>/study.db (SQLite), so an interrupted sweep resumes where it stopped (a
 trial whose process was killed is marked failed once its heartbeat is STALE_AFTER_S old);
-the leaderboard is printed and written to runs/sweeps/<name>/leaderboard.json. (W&B's own sweeps need an online account:
-`wandb sweep` is the online alternative.)
+the leaderboard is printed and written to runs/sweeps/<name>/leaderboard.json. (W&B's own
+sweeps need an online account: `wandb sweep` is the online alternative.)
 
 A sweep file:
 
