@@ -266,8 +266,8 @@ def create_app(translator, max_batch: int = 32, max_wait_ms: float = 5.0, font: 
     # FastAPI's /docs and /redoc pages load their scripts from a CDN; these serve the same pages
     # with the scripts shipped in the fastapi-offline package (/static-offline-docs/), offline too.
     app = FastAPIOffline(title="pipeline translation server", lifespan=lifespan,
-                  description=f"A {src_lang}→{tgt_lang} Transformer checkpoint: translations, n-best lists "
-                              "and attention weights. Errors are {\"error\": \"...\"}.")
+                         description=f"A {src_lang}→{tgt_lang} Transformer checkpoint: translations, n-best "
+                                     "lists and attention weights. Errors are {\"error\": \"...\"}.")
     app.state.worker = worker
 
     class Strict(BaseModel):

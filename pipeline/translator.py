@@ -369,13 +369,14 @@ def keep_freed_memory() -> bool:
 def inference_model(model: nn.Module, quantize: str | None = None) -> nn.Module:
     """A copy of `model` prepared for decoding: eval mode and each attention's projections
     merged into one product; then either, in fp32 on the CPU, the linear layers' weights packed
-    for MKL (PackedLinear; in bf16, for oneDNN) and, where it is faster, greedy decoding's best tokens picked by an
+    for MKL (PackedLinear) and, where it is faster, greedy decoding's best tokens picked by an
     ArgmaxHead (the same tokens), or with quantize="int8", every linear layer (the LM head
     included) dynamically quantized (int8 weights per output channel; activations quantized on
     the fly with one scale per tensor, so a sentence's translation can depend on the other
     sentences of its batch; CPU only: torch's fbgemm/oneDNN kernels), or with quantize="bf16",
-    weights and activations in bfloat16, logits included (fast on GPUs and on CPUs with AMX;
-    the beam search sums log-probabilities in fp32, but near-ties are decided on bf16 logits).
+    weights and activations in bfloat16, logits included, on the CPU packed for oneDNN
+    (PackedLinear; fast on GPUs and on CPUs with bf16 matrix instructions; the beam search sums
+    log-probabilities in fp32, but near-ties are decided on bf16 logits).
     What each costs in validation BLEU: bench/evaluate.py."""
     if quantize is not None and quantize not in QUANTIZE:
         raise UserError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
