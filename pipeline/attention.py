@@ -201,6 +201,10 @@ class MultiHeadAttention(nn.Module):
     caller asks for the weights; a test checks both paths agree.
     """
 
+    # Cross-attention of CPU decoding steps through batched products, not the fused kernel (see
+    # forward); False: the fused kernel everywhere (the A/B script behind that choice sets it).
+    CPU_CROSS_PRODUCTS = True
+
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, fused: bool = True):
         super().__init__()
         if d_model % n_heads:
@@ -324,7 +328,15 @@ class MultiHeadAttention(nn.Module):
         if causal and mask is not None:  # both: one boolean mask for either path
             mask = mask & causal_mask(k.size(2), q.device)[:, :, -q.size(2):]
             causal = False
-        if self.fused and not need_weights and not (dropping and q.device.type == "cpu"):
+        # Cross-attention of a CPU decoding step: plain batched products (the reference below)
+        # over keys and values made contiguous per (row, head) once per decoding run. torch's fused
+        # CPU kernel blocks its work per (row, head) and query block, which for a step's one query
+        # row (or k folded ones) over a few dozen keys cost about twice as much
+        # (bench/results/2026-11-28-cross-attention-products.{py,json}).
+        by_products = static_kv and cache is not None and q.device.type == "cpu" and self.CPU_CROSS_PRODUCTS
+        if by_products and not k.is_contiguous():
+            cache.k, cache.v = k, v = k.contiguous(), v.contiguous()  # (B, h, S, d_k) each
+        if self.fused and not need_weights and not (dropping and q.device.type == "cpu") and not by_products:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                  dropout_p=self.dropout.p if dropping else 0.0)
             self.weights = None
@@ -333,7 +345,7 @@ class MultiHeadAttention(nn.Module):
                 full = causal_mask(k.size(2), q.device)[:, :, -q.size(2):]
                 mask = full if mask is None else mask & full
             out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout)
-            if fold > 1:
+            if need_weights and fold > 1:
                 weights = weights.view(-1, h, fold, Tq, k.size(2)).transpose(1, 2).reshape(B, h, Tq, k.size(2))
             self.weights = weights.detach() if need_weights else None
         if fold > 1:

@@ -253,6 +253,42 @@ def test_cross_attention_folds_hypotheses_onto_one_row_per_sentence(fused, need_
         assert torch.all(folded_weights[k: 2 * k, ..., 3:] == 0)  # sentence 1's padding, for all its hypotheses
 
 
+@pytest.mark.parametrize("fold", [1, 4])
+def test_cpu_cached_cross_attention_runs_products_and_equals_the_fused_kernel(fold, monkeypatch):
+    """A CPU decoding step's cross-attention reads its cache through plain batched products (the
+    cache made contiguous per (row, head) once), not the fused kernel, with the fused kernel's
+    results, also with k hypotheses folded onto each sentence and after rows are dropped."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4).eval()
+    B, S = 3, 7
+    memory = torch.randn(B, S, 16)
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    mask[0, ..., 4:] = False
+    queries = [torch.randn(B * fold, 1, 16) for _ in range(3)]
+
+    def steps(products: bool):
+        monkeypatch.setattr(MultiHeadAttention, "CPU_CROSS_PRODUCTS", products)
+        cache, outs = KVCache(), []
+        for q in queries:
+            outs.append(attn(q, memory, mask, cache=cache, static_kv=True))
+        keep = torch.tensor([0, 2])  # a sentence leaves the batch
+        cache.reorder(keep)
+        rows = (keep[:, None] * fold + torch.arange(fold)).reshape(-1)
+        outs.append(attn(queries[0][rows], memory[keep], mask[keep], cache=cache, static_kv=True))
+        return outs, cache
+
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
+    fused, _ = steps(products=False)
+    assert len(calls) == 4
+    calls.clear()
+    by_products, cache = steps(products=True)
+    assert not calls and cache.k.is_contiguous() and cache.v.is_contiguous()
+    for got, expected in zip(by_products, fused):
+        torch.testing.assert_close(got, expected)
+
+
 def test_causal_flag_equals_an_explicit_causal_mask():
     torch.manual_seed(0)
     x = torch.randn(2, 6, 16)
