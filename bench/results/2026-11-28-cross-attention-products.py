@@ -8,8 +8,9 @@
 #  2. `evaluate`-style translation of the 1,000 test2016 sources (Translator as `evaluate` builds it: 2
 #     single-threaded forked workers, length-sorted batches of up to 128) with a trained checkpoint,
 #     beam 4 and greedy; sentences/s.
-# and whether the outputs are the same. Run from the repository root on an idle machine:
-#   PYTHONPATH=. .venv/bin/python bench/results/2026-11-28-cross-attention-products.py CKPT > out.json
+# and whether the outputs are the same. With QUANTIZE (bf16 or int8) both parts decode with that
+# `--quantize` setting instead of fp32. Run from the repository root on an idle machine:
+#   PYTHONPATH=. .venv/bin/python bench/results/2026-11-28-cross-attention-products.py CKPT [QUANTIZE] > out.json
 import json, os, subprocess, sys, time
 
 import torch
@@ -21,6 +22,7 @@ from pipeline.decoding import generate
 from pipeline.translator import Translator, inference_model
 
 ckpt = sys.argv[1]
+quantize = sys.argv[2] if len(sys.argv) > 2 else None
 LOAD_AT_START = os.getloadavg()[0]
 VARIANTS = ("fused_kernel", "products")
 
@@ -35,7 +37,7 @@ def median(values):
 
 # 1: the bench's decode rows
 settings, srcs, config, model = record_decoding_setup()
-fixed = FixedLength(inference_model(model))
+fixed = FixedLength(inference_model(model, quantize))
 
 
 def bench_run(beam: int, variant: str) -> list[torch.Tensor]:
@@ -57,7 +59,7 @@ for i in range(9):
 sources = list(load_split("../shared/data/multi30k", "test", "de", "en")["src"])
 evaluate_rates, evaluate_same = {}, {}
 for beam in (4, 1):
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="cpu")
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="cpu", quantize=quantize)
 
     def translate(variant: str):
         use(variant)
@@ -75,7 +77,9 @@ use("products")
 
 print(json.dumps({
     "script": "bench/results/2026-11-28-cross-attention-products.py",
-    "command": f"PYTHONPATH=. .venv/bin/python bench/results/2026-11-28-cross-attention-products.py {ckpt}",
+    "command": f"PYTHONPATH=. .venv/bin/python bench/results/2026-11-28-cross-attention-products.py {ckpt}"
+               + (f" {quantize}" if quantize else ""),
+    "quantize": quantize,
     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" \t:"),
     "torch": torch.__version__, "threads": torch.get_num_threads(), "load_at_start": round(LOAD_AT_START, 2),
