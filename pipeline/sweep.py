@@ -18,6 +18,12 @@ A sweep file:
     space:                       # dotted config key -> distribution
       train.lr: {low: 0.0005, high: 0.003, log: true}      # float (int if low/high are ints)
       model.dropout: {choices: [0.1, 0.2, 0.3]}            # categorical
+    seed: 0                      # the sampler's seed: the same file samples the same values
+
+The sampler is Optuna's TPE, seeded: a fresh study of the same file proposes the same values in
+the same order (the trials' training keeps its own seed, the base config's). A resumed study
+samples from its finished trials and the seed, so it may continue differently from an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class SweepConfig:
     args: list[str] = field(default_factory=list)
     space: dict[str, dict] = field(default_factory=dict)
     monitor: str = "val/bleu"
+    seed: int = 0
 
 
 def read_sweep(path: str | Path) -> SweepConfig:
@@ -58,7 +65,7 @@ def read_sweep(path: str | Path) -> SweepConfig:
     try:
         config = SweepConfig(**raw)
     except TypeError as e:
-        raise UserError(f"{path}: {e} (keys: name, base, trials, args, space, monitor)") from None
+        raise UserError(f"{path}: {e} (keys: name, base, trials, args, space, monitor, seed)") from None
     if not config.space:
         raise UserError(f"{path} has an empty space: give at least one key to search")
     if not Path(config.base).is_file():
@@ -92,6 +99,22 @@ def leaderboard(study) -> list[dict]:
     return sorted(rows, key=lambda r: (r["val_bleu"] is None, -(r["val_bleu"] or 0.0)))
 
 
+def open_study(config: SweepConfig, sweep_dir: Path):
+    """The sweep's Optuna study in sweep_dir/study.db, created or loaded, with its seeded TPE
+    sampler and median pruner; trials of a killed process are marked failed."""
+    import optuna
+
+    # (Optuna calls heartbeats experimental; they have worked since its 2.9)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'study.db'}", heartbeat_interval=HEARTBEAT_S,
+                                         grace_period=STALE_AFTER_S)
+    study = optuna.create_study(study_name=config.name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=config.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    optuna.storages.fail_stale_trials(study)
+    return study
+
+
 def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/sweeps") -> list[dict]:
     """Run (or resume) the study of a sweep file; returns the leaderboard."""
     import optuna
@@ -103,13 +126,7 @@ def run_sweep(sweep_file: str, trials: int | None = None, root: str = "runs/swee
     total = trials or config.trials
     sweep_dir = Path(root) / config.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    # (Optuna calls heartbeats experimental; they have worked since its 2.9)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'study.db'}", heartbeat_interval=HEARTBEAT_S,
-                                         grace_period=STALE_AFTER_S)
-    study = optuna.create_study(study_name=config.name, storage=storage, direction="maximize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    optuna.storages.fail_stale_trials(study)
+    study = open_study(config, sweep_dir)
 
     def objective(trial) -> float:
         values = {key: suggest(trial, key, spec) for key, spec in config.space.items()}
