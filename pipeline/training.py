@@ -65,6 +65,39 @@ class CheckpointConfig:
     early_stop_patience: int | None = None
 
 
+# What a resumed run must share with its first part: the data it reads (its tokenizer was trained
+# on that data, and the checkpoint's languages are these) and the whole model: section.
+RESUME_DATA_KEYS = ("path", "name", "src_lang", "tgt_lang", "vocab_size", "train_split")
+
+
+def check_resume_settings(run_dir: Path, cfg) -> None:
+    """A one-line UserError where `fit --ckpt_path ...` into an existing run directory would train
+    on other data or another model than the run's own config.yaml says (a resume without the
+    first part's --data.* flags would otherwise train a ko→en model on the default de→en data)."""
+    import yaml
+
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+
+    def same(a, b) -> bool:
+        if isinstance(a, str) and isinstance(b, str) and ("/" in a or "/" in b):
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+
+    changed = []
+    for section, keys in (("data", RESUME_DATA_KEYS), ("model", tuple((saved.get("model") or {})))):
+        for key in keys:
+            if key in (saved.get(section) or {}) and key in cfg[section] \
+                    and not same(saved[section][key], cfg[section][key]):
+                changed.append(f"{section}.{key} {saved[section][key]} -> {cfg[section].get(key)}")
+    if changed:
+        raise UserError(f"resuming {run_dir} with other settings than it was trained with ({', '.join(changed)}): "
+                        f"resume with --config {saved_file} --ckpt_path last, adding only what should change "
+                        "(such as --trainer.max_epochs)")
+
+
 def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     """fit / validate / test through LightningCLI, with the typed groups above; returns the
     LightningCLI (its trainer and model). `extra_callbacks` join fit's (the sweep's pruner)."""
@@ -132,6 +165,8 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
                 run_directory.set_aside(self.run_dir)
             if cfg.get("ckpt_path") == "last" and not (self.run_dir / "checkpoints" / "last.ckpt").exists():
                 raise UserError(f"--ckpt_path last: no {self.run_dir}/checkpoints/last.ckpt to resume from")
+            if cfg.get("ckpt_path") is not None:
+                check_resume_settings(self.run_dir, cfg)
             if not self.run_dir.exists():
                 run_directory.created = self.run_dir
             self.run_dir.mkdir(parents=True, exist_ok=True)

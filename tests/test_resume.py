@@ -40,6 +40,18 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < step < STEPS  # killed mid-run, after at least one checkpoint
 
+    # A resume that forgets the first part's settings (here: other languages, another width)
+    # stops before training, naming them and the run's own config, and leaves the run as it was.
+    config_before = (tmp_path / "killed" / "config.yaml").read_text()
+    wrong = run_cli("fit", *ARGS, "--run.root", tmp_path, "--run.name", "killed", "--ckpt_path", "last",
+                    "--data.src_lang", "en", "--data.tgt_lang", "de", "--model.d_model", "32", check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    for words in ("data.src_lang de -> en", "data.tgt_lang en -> de", "model.d_model 64 -> 32", "--config",
+                  str(tmp_path / "killed" / "config.yaml")):
+        assert words in wrong.stderr, (words, wrong.stderr)
+    assert (tmp_path / "killed" / "config.yaml").read_text() == config_before
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
+
     run_cli("fit", *ARGS, "--run.root", tmp_path, "--run.name", "killed", "--ckpt_path", "last")
     whole, resumed = weights(tmp_path / "whole/checkpoints/last.ckpt"), weights(last)
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == STEPS
