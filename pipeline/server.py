@@ -146,8 +146,11 @@ class BatchWorker:
             results = self._translate(jobs) if jobs[0].kind == "translate" else [self._attention(jobs[0])]
         except Exception as e:  # the caller turns it into an error response; the thread goes on
             self.stats["failed_batches"] += 1
-            for job in jobs:
-                job.future.set_exception(e)
+            if len(jobs) > 1:  # one bad request must not fail the others batched with it: each alone
+                for job in jobs:
+                    self._run_group([job])
+                return
+            jobs[0].future.set_exception(e)
             return
         n, stats = sum(len(job.texts) for job in jobs), self.stats
         stats |= {"requests": stats["requests"] + len(jobs), "sentences": stats["sentences"] + n,
@@ -223,6 +226,11 @@ def _check_text(text: str, name: str) -> None:
         raise ApiError(422, f"{name} is empty: send a sentence, e.g. {{\"text\": \"...\"}}")
     if len(text) > MAX_CHARS:
         raise ApiError(413, f"{name} is {len(text)} characters long; the limit is {MAX_CHARS} per sentence")
+    try:  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer takes
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(422, f"{name} is not valid Unicode text ({e.reason} at character {e.start}): "
+                            "send whole characters") from None
 
 
 def _validation_message(errors) -> tuple[int, str]:

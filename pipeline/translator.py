@@ -479,6 +479,32 @@ class Translator:
     def device(self) -> torch.device:
         return next(self.checkpoint.model.parameters()).device
 
+    @staticmethod
+    def checked_sentences(sentences) -> list[str]:
+        """`sentences` as a list of str, or a TypeError/ValueError naming the first bad one: a
+        lone string (which would otherwise be translated character by character), a non-string
+        item, or text that is not valid Unicode (a lone surrogate, which no tokenizer takes)."""
+        if isinstance(sentences, (str, bytes)):
+            raise TypeError("translate takes a list of sentences, got one string: use translate([text])")
+        try:
+            sentences = list(sentences)
+        except TypeError:
+            raise TypeError(f"translate takes a list of sentences, got {type(sentences).__name__}") from None
+        for i, sentence in enumerate(sentences):
+            Translator.checked_sentence(sentence, f"sentence {i}")
+        return sentences
+
+    @staticmethod
+    def checked_sentence(sentence, what: str = "the sentence") -> str:
+        """`sentence` if it is a str of valid Unicode, else a TypeError or ValueError naming it."""
+        if not isinstance(sentence, str):
+            raise TypeError(f"{what} is {type(sentence).__name__}, not str")
+        try:
+            sentence.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what} is not valid Unicode text ({e.reason} at character {e.start})") from None
+        return sentence
+
     def source_ids(self, sentences: list[str]) -> list[list[int]]:
         """Token ids + EOS of each sentence, cut (and counted) if longer than max_src_tokens."""
         ids, cut = encode_sources(self.tokenizer, sentences, self.max_src_tokens)
@@ -490,6 +516,7 @@ class Translator:
         """The k best beam hypotheses for one sentence (k defaults to the beam size; the beam
         widens to k if needed), best first, with their scores (log p / length^length_penalty).
         An empty or blank sentence has one hypothesis whatever k is: ("", 0.0), nothing decoded."""
+        self.checked_sentence(sentence)
         k = self.decoding.beam if k is None else k
         if k < 1:
             raise UserError(f"nbest k must be >= 1, got {k}")
@@ -505,12 +532,16 @@ class Translator:
         of encoder self-, decoder self- and cross-attention."""
         from pipeline.attention_maps import compute_attention
 
+        self.checked_sentence(sentence)
+        if target is not None:
+            self.checked_sentence(target, "the target")
         return compute_attention(self.model, self.tokenizer, sentence, target, self.decoding)
 
     @torch.inference_mode()
     def translate(self, sentences: list[str]) -> list[str]:
         """One translation per sentence, in order: length-sorted batches, decoded side by side
-        by the workers when there are several."""
+        by the workers when there are several. `sentences`: a list (or any iterable) of str."""
+        sentences = self.checked_sentences(sentences)
         out = [""] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         ids = dict(zip(todo, self.source_ids([sentences[i] for i in todo])))

@@ -138,6 +138,9 @@ BAD = [
     ("/attention", {"text": "안녕", "target": " "}, 422, "target is empty"),
     ("/attention", {"text": "안녕", "target": "뷁" * 400}, 413, "limit is 256"),  # ~1,200 byte-fallback tokens
     ("/attention", {}, 422, "text"),
+    ("/translate", '{"text": "안녕 \\ud800 x"}', 422, "text is not valid Unicode"),  # JSON's lone surrogate
+    ("/translate", '{"texts": ["안녕", "\\udfff"]}', 422, "texts[1] is not valid Unicode"),
+    ("/attention", '{"text": "\\ud800"}', 422, "text is not valid Unicode"),
 ]
 
 
@@ -238,6 +241,24 @@ def test_worker_batches_jobs_by_beam_and_nbest(translator, ckpt):
     assert results[4]["tgt_out_tokens"] == translator.attention(SEED[0]).tgt_out_tokens
     assert worker.stats["batches"] == 4 and worker.stats["requests"] == 5 and worker.stats["largest_batch"] == 2
     assert not worker.thread.is_alive()
+
+
+def test_a_failing_job_does_not_fail_the_others_of_its_batch(translator):
+    """Jobs batched into one Translator call: where the call fails, each runs alone, so only the
+    bad one gets the error (here a lone surrogate, which the API itself refuses with a 422)."""
+    worker = BatchWorker(translator, max_batch=32, max_wait_ms=50)
+    jobs = [Job("translate", [SEED[0]]), Job("translate", ["안녕 \ud800"]), Job("translate", [SEED[0], SEED[0]])]
+    for job in jobs:
+        worker.submit(job)
+    worker.start()
+    try:
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            jobs[1].future.result(timeout=120)
+        assert jobs[0].future.result(timeout=120)["translations"] == [SEED[1]]
+        assert jobs[2].future.result(timeout=120)["translations"] == [SEED[1], SEED[1]]
+    finally:
+        worker.stop()
+    assert worker.stats["requests"] == 2 and worker.stats["failed_batches"] == 2  # the batch, then the bad job
 
 
 def test_checkpoint_that_fails_to_load_stops_serve(tmp_path):

@@ -28,6 +28,26 @@ def test_order_empty_lines_and_batching_do_not_change_results(seed_run):
     assert batched[2] == SEED[1]
 
 
+def test_wrong_inputs_are_named_not_translated_character_by_character(seed_run):
+    path, pairs = seed_run
+    translator = Translator.from_checkpoint(path)
+    with pytest.raises(TypeError, match=r"got one string: use translate\(\[text\]\)"):
+        translator.translate(SEED[0])
+    with pytest.raises(TypeError, match="sentence 1 is NoneType, not str"):
+        translator.translate([SEED[0], None])
+    with pytest.raises(TypeError, match="sentence 0 is int"):
+        translator.translate([5])
+    with pytest.raises(TypeError, match="got NoneType"):
+        translator.translate(None)
+    with pytest.raises(ValueError, match="sentence 0 is not valid Unicode"):
+        translator.translate(["\ud800"])
+    with pytest.raises(TypeError, match="the sentence is NoneType"):
+        translator.nbest(None)
+    with pytest.raises(TypeError, match="the sentence is list"):
+        translator.attention([SEED[0]])
+    assert translator.translate(p[0] for p in pairs[:2]) == [p[1] for p in pairs[:2]]  # any iterable
+
+
 def test_nbest_is_sorted_and_widens_the_beam(seed_run):
     path, _ = seed_run
     translator = Translator.from_checkpoint(path, beam=2)
