@@ -250,6 +250,12 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             cfg = self.config_init["fit"]
             if not cfg.final.enabled or not self.trainer.is_global_zero or self.trainer.interrupted:
                 return
+            if not (self.run_dir / "checkpoints" / "best.ckpt").is_file():
+                # stopped (max_steps, max_time) before its first validation: nothing to choose from
+                print(f"final: skipped, the run never validated (no {self.run_dir}/checkpoints/best.ckpt); "
+                      "train at least one epoch, or validate more often with --trainer.val_check_interval",
+                      file=sys.stderr, flush=True)
+                return
             run_finalize(self.run_dir, self.datamodule, cfg.final, self.trainer, args)
 
         def after_validate(self) -> None:

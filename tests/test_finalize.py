@@ -76,3 +76,15 @@ def test_final_config_rejects_values_that_would_fail_after_training():
     for kwargs in ({"beams": [0, 4]}, {"beams": []}, {"length_penalties": [-0.2]}, {"max_average": -1}):
         with pytest.raises(ValueError, match=list(kwargs)[0]):
             FinalConfig(**kwargs)
+
+
+def test_a_fit_stopped_before_its_first_validation_skips_the_final_step(tmp_path):
+    """max_steps reached inside the first epoch: the run trained fine, so fit exits 0 and says
+    why there is no results.json instead of failing on the missing best.ckpt."""
+    from helpers import run_cli
+
+    proc = run_cli("fit", "--config", "configs/smoke.yaml", "--data.train_limit", "600", "--trainer.max_steps", "2",
+                   "--trainer.enable_progress_bar", "false", "--run.root", tmp_path, "--run.name", "short")
+    assert "final: skipped, the run never validated" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "short/checkpoints/last.ckpt").is_file()
+    assert not (tmp_path / "short/results.json").exists()
