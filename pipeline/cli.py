@@ -115,7 +115,17 @@ def upgrade_config_file(path: str) -> str:
     p = Path(path)
     if p.suffix not in (".yaml", ".yml") or not p.is_file():
         return path
-    config = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        config = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise UserError(f"{path} is not valid YAML ({problem}{where}): fix the file "
+                        "(configs/smoke.yaml shows the layout)") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds a YAML {type(config).__name__}, not sections such as model: and data: "
+                        "(configs/smoke.yaml shows the layout)")
     section = config.get("model")
     model_keys = {f.name for f in fields(TransformerConfig)}
     if not isinstance(section, dict) or set(section) <= model_keys:

@@ -30,7 +30,11 @@ def option_error(command: str, message: str, options: Iterable[str]) -> UserErro
             text = f"--{key}: {detail or (lines[1] if len(lines) > 1 else 'invalid value')}"
     elif match := re.match(r"unrecognized arguments: (\S+)", text):  # a mistyped flag
         wrong = match.group(1).split("=")[0]
+    elif match := re.search(r"Group '([^']+)' does not accept option '([^']+)'", text):  # a key in a file
+        wrong = f"--{match.group(1)}.{match.group(2)}"
     elif match := re.search(r"does not accept option '([^']+)'", text):  # a mistyped key in a config file
+        wrong = "--" + match.group(1)
+    elif match := re.search(r"Option '([^']+)' is not accepted", text):  # a mistyped section in a file
         wrong = "--" + match.group(1)
     close = difflib.get_close_matches(wrong, list(options), n=1, cutoff=0.7) if wrong else []
     hint = f" (did you mean {close[0]}?)" if close else ""

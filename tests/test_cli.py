@@ -218,6 +218,20 @@ def test_fit_unknown_option_or_wrong_type_is_one_line_error(tmp_path, args, need
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no run directory
 
 
+@pytest.mark.parametrize("text, needles", [
+    ("model:\n  d_model: [64\n", ["is not valid YAML", "line 3"]),
+    ("- model\n- data\n", ["holds a YAML list"]),
+    ("model:\n  d_modle: 64\n", ["did you mean --model.d_model?"]),  # a mistyped key as the only config
+    ("modle:\n  d_model: 64\n", ["did you mean --model.d_model?"]),  # a mistyped section
+])
+def test_a_bad_config_file_is_one_line_error(tmp_path, text, needles):
+    yaml_file = tmp_path / "mine.yaml"
+    yaml_file.write_text(text, encoding="utf-8")
+    proc = run_cli("fit", "--config", yaml_file, "--run.root", tmp_path, check=False)
+    assert_one_line_error(proc, *needles)
+    assert proc.returncode == 2 and not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
 def test_command_options_are_one_line_errors(tmp_path):
     proc = run_cli("evaluate", "--ckpt", tmp_path / "x.ckpt", "--bem", "4", check=False)
     assert_one_line_error(proc, "--bem", "did you mean --beam?", "evaluate --help")
