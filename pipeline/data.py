@@ -111,7 +111,8 @@ def load_split(path: str, split: str | None, src_lang: str, tgt_lang: str, name:
         if moses:
             if split not in moses:
                 raise UserError(f"split {split!r} not in {path}; it has {sorted(moses)} (files SPLIT.{src_lang} and "
-                                f"SPLIT.{tgt_lang}; choose one with --split or data.train_split/val_split/test_split)")
+                                f"SPLIT.{tgt_lang}; choose one: evaluate --split, fit --data.train_split / --data.val_split / "
+                                "--data.test_split, or --data.validation_path FILE)")
             ds = _load_parallel_text(str(p / split), src_lang, tgt_lang, cache_dir)
         else:
             dd = _load(lambda: datasets.load_dataset(str(p), name, cache_dir=cache_dir,
@@ -124,6 +125,11 @@ def load_split(path: str, split: str | None, src_lang: str, tgt_lang: str, name:
             raise UserError(f"data file not found: {path} (pass an existing .jsonl/.tsv/.csv/.parquet file, a "
                             "dataset directory, or a prefix such as corpus/train for corpus/train.de + corpus/train.en)")
         ds = _load_files(path, [str(p)], cache_dir)
+    elif p.is_file():
+        raise UserError(f"{path}: {_suffix(path) or 'a file without an extension'} is not a data format this reads: "
+                        "use a .jsonl/.tsv/.csv/.parquet file, or parallel text as PREFIX.{src} + PREFIX.{tgt} "
+                        "(e.g. corpus/train.de + corpus/train.en, --data.path corpus/train)".replace(
+                            "{src}", src_lang).replace("{tgt}", tgt_lang))
     elif not _is_hub_id(path):
         raise UserError(f"data directory not found: {path} (--data.path in fit, --data in evaluate: a dataset "
                         "folder such as ../shared/data/multi30k, a .jsonl/.tsv/.csv/.parquet file, a glob pattern, "
@@ -225,7 +231,8 @@ def _load_parallel_text(prefix: str, src_lang: str, tgt_lang: str, cache_dir: st
 
 def _pick_split(dd: datasets.DatasetDict, split: str | None, path: str) -> datasets.Dataset:
     if split is None or split not in dd:
-        raise UserError(f"split {split!r} not in {path}; it has {sorted(dd)} (choose one with --split)")
+        raise UserError(f"split {split!r} not in {path}; it has {sorted(dd)} (choose one: evaluate --split, fit "
+                        "--data.train_split / --data.val_split / --data.test_split, or --data.validation_path FILE)")
     return dd[split]
 
 
@@ -262,8 +269,21 @@ def _to_pairs(ds: datasets.Dataset, src_lang: str, tgt_lang: str, where: str) ->
         # Strings without missing values: the columns themselves, renamed (no copy of the text).
         return ds.select_columns(columns).rename_columns({columns[0]: "src", columns[1]: "tgt"})
 
+    for column in columns:  # a sentence written as a number (42, not "42") would reach the tokenizer
+        feature = ds.features[column]
+        if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string", "null"):
+            raise UserError(f"{where}: {column.split('.')[-1]!r} holds {feature.dtype} values, not text: write every "
+                            "sentence as a string (in JSON with quotes: \"42\", not 42)")
+
+    def text(value, column):
+        if value is None or isinstance(value, str):
+            return value or ""
+        raise UserError(f"{where}: a value of {column.split('.')[-1]!r} is {type(value).__name__} ({value!r}), not text: "
+                        "write every sentence as a string (in JSON with quotes)")
+
     def flatten(batch):
-        return {"src": [s or "" for s in batch[columns[0]]], "tgt": [t or "" for t in batch[columns[1]]]}
+        return {"src": [text(s, columns[0]) for s in batch[columns[0]]],
+                "tgt": [text(t, columns[1]) for t in batch[columns[1]]]}
 
     fingerprint = datasets.fingerprint.Hasher.hash([ds._fingerprint, "pairs", columns])
     return ds.map(flatten, batched=True, batch_size=10_000, writer_batch_size=WRITER_BATCH,

@@ -122,8 +122,11 @@ class TranslationModule(L.LightningModule):
         if self.tokenizer is None and datamodule is not None:
             self.tokenizer, self.languages = datamodule.tokenizer, (datamodule.src_lang, datamodule.tgt_lang)
         if self.tokenizer is not None and self.tokenizer.get_vocab_size() > self.config.vocab_size:
-            raise UserError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but model.vocab_size is "
-                            f"{self.config.vocab_size}: use a tokenizer trained with data.vocab_size <= it")
+            size = self.tokenizer.get_vocab_size()
+            raise UserError(f"the tokenizer has {size} tokens, more than the model's {self.config.vocab_size} "
+                            "embeddings (data.vocab_size; a BPE keeps every character of its training text, so "
+                            f"scripts with thousands of characters outgrow small sizes): raise --data.vocab_size to "
+                            f"at least {size}")
         if datamodule is not None:
             self._token_unit = getattr(datamodule, "max_tokens", self._token_unit)
             longest = max(getattr(datamodule, "max_len", 0), MAX_SOURCE_TOKENS)  # training pairs; validation's

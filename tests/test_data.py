@@ -89,6 +89,26 @@ def test_missing_directory(tmp_path):
         load_split(str(tmp_path / "no-such-dir"), "train", "de", "en")
 
 
+def test_a_file_of_another_format_is_named_as_such(tmp_path):
+    (tmp_path / "pairs.txt").write_text("Hallo\tHello\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"\.txt is not a data format this reads.*PREFIX\.de \+ PREFIX\.en"):
+        load_split(str(tmp_path / "pairs.txt"), "train", "de", "en")
+
+
+@pytest.mark.parametrize("rows", [['{"de": "Hallo", "en": 42}'],  # a whole column of numbers
+                                  ['{"de": "Hallo", "en": "Hello"}', '{"de": "Zahl", "en": 42}']])
+def test_a_number_where_a_sentence_belongs_is_named(tmp_path, rows):
+    (tmp_path / "pairs.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"'en' (holds int64 values|is int \(42\)), not text: write every sentence"):
+        load_split(str(tmp_path / "pairs.jsonl"), None, "de", "en")
+
+
+def test_a_missing_split_names_the_options_of_each_command(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"de": "Hallo", "en": "Hello"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"it has \['train'\].*--data.val_split.*--data.validation_path"):
+        load_split(str(tmp_path), "validation", "de", "en")
+
+
 def test_mistyped_relative_directory_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     # "data/multi30K" looks like a hub id (owner/name), but "data" is a local folder.
     (tmp_path / "data").mkdir()
