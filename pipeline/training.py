@@ -145,6 +145,8 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             configs = cfg.get("config") or []
             name = cfg.run.name or (Path(str(configs[-1])).stem if configs else "default")
             self.run_dir = Path(cfg.run.root) / name
+            if cfg.trainer.get("precision") is None and self.subcommand != "fit":
+                cfg.trainer.precision = "32-true"  # validate/test score as evaluate does: in fp32
             if cfg.trainer.get("precision") is None:  # null: measured on this machine (hardware.py)
                 model = {**cfg.model.as_dict(), "vocab_size": cfg.data.vocab_size}
                 cfg.trainer.precision, reason = choose_precision(str(cfg.trainer.get("accelerator") or "auto"), model,

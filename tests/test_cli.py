@@ -353,6 +353,12 @@ def test_test_command_scores_like_evaluate(smoke_run, tmp_path):
     best = run_cli("validate", "--config", "configs/smoke.yaml", "--run.root", run.parent, "--ckpt_path", "best",
                    "--data.val_limit", "50", "--trainer.enable_progress_bar", "false")
     assert "validation BLEU" in best.stdout and "on 50 sentences" in best.stdout
+    # precision null (the recipe's: fit measures it) scores in fp32 as evaluate does, without fit's probe
+    unset = run_cli("validate", "--config", "configs/smoke.yaml", "--run.root", run.parent, "--ckpt_path", "best",
+                    "--data.val_limit", "50", "--trainer.enable_progress_bar", "false", "--trainer.precision", "null")
+    assert "precision:" not in unset.stdout + unset.stderr
+    scores = [next(line for line in p.stdout.splitlines() if line.startswith("validation BLEU")) for p in (best, unset)]
+    assert scores[0] == scores[1]
 
 
 def test_deprecated_spellings_still_work(smoke_run, tmp_path):
