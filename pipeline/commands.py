@@ -115,16 +115,18 @@ def evaluate(ckpt: str, data: str, out: str, split: str | None = None, name: str
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'hypotheses.txt'}")
 
 
-def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch_size: int = 128,
-              show_beams: bool = False, quantize: str | None = None, workers: int | None = None,
-              buffer_size: int = 10000) -> None:
+def translate(ckpt: str, text: str | None = None, beam: int | None = None, length_penalty: float | None = None,
+              batch_size: int = 128, max_tokens: int = 8192, show_beams: bool = False, quantize: str | None = None,
+              workers: int | None = None, buffer_size: int = 10000) -> None:
     """Translate sentences from stdin (one a line; a prompt when stdin is a terminal) or --text.
 
     Args:
         ckpt: checkpoint, e.g. runs/multi30k/checkpoints/best.ckpt.
         text: one sentence to translate instead of stdin.
         beam: beam size (1 = greedy; default: the run's decoding.beam).
+        length_penalty: beam score = log p / length^length_penalty (default: the run's).
         batch_size: sentences per batch.
+        max_tokens: source tokens per batch (longest sentence x batch size).
         show_beams: print every beam hypothesis as 'score<TAB>text' (best first), then a blank line.
         quantize: decode in lower precision: int8 (linear layers; CPU only) or bf16.
         workers: processes decoding batches side by side, one thread each (default: one per CPU
@@ -137,7 +139,8 @@ def translate(ckpt: str, text: str | None = None, beam: int | None = None, batch
         raise UserError(f"--buffer_size must be >= 1, got {buffer_size}")
     from pipeline.translator import Translator
 
-    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size, quantize=quantize,
+    translator = Translator.from_checkpoint(ckpt, beam=beam, device="auto", batch_size=batch_size,
+                                            max_tokens=max_tokens, length_penalty=length_penalty, quantize=quantize,
                                             workers=workers)
 
     def show(lines: list[str]) -> None:
@@ -257,7 +260,8 @@ def export(ckpt: str, out: str, format: Literal["hf-marian", "ctranslate2"] = "h
     if format == "ctranslate2":
         written = export_ctranslate2(load_checkpoint(ckpt), out, overwrite, quantization)
         print(f"wrote {', '.join(p.name for p in written)} to {out}")
-        print(f"load with: ctranslate2.Translator({out!r}); give it subword tokens, it appends </s> itself")
+        print(f"load with: ctranslate2.Translator({out!r}); give it subword tokens from {out}/tokenizer.json "
+              "(README: Export), it appends </s> itself")
         return
     if quantization is not None:
         raise UserError("--quantization applies to --format ctranslate2 only")

@@ -172,6 +172,7 @@ def _load_files(path: str, files: list[str], cache_dir: str | None) -> datasets.
     kwargs = dict(options)
     if builder == "csv":
         kwargs["features"] = _csv_features(files[0], options)
+        kwargs["encoding"] = "utf-8-sig"  # Excel's "CSV UTF-8" starts with a byte-order mark: not a column name
     return _load(lambda: datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir,
                                                writer_batch_size=WRITER_BATCH, **kwargs), path)
 
@@ -206,7 +207,7 @@ def check_line_ends(path: str | Path) -> None:
 
 def _csv_features(path: str, options: dict) -> datasets.Features:
     """Every column of the header row as a string column (so no sentence is read as a number)."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         header = next(csv.reader(f, delimiter=options["sep"], quoting=options.get("quoting", csv.QUOTE_MINIMAL)), [])
     return datasets.Features({column: datasets.Value("string") for column in header})
 
@@ -220,8 +221,10 @@ def _load_parallel_text(prefix: str, src_lang: str, tgt_lang: str, cache_dir: st
         if f.stat().st_size == 0:
             raise UserError(f"{f} is empty: point to files with one sentence a line")
         check_line_ends(f)
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first sentence
     sides = [_load(lambda f=f: datasets.load_dataset("text", data_files=str(f), split="train", cache_dir=cache_dir,
-                                                     writer_batch_size=WRITER_BATCH), str(f)) for f in files]
+                                                     encoding="utf-8-sig", writer_batch_size=WRITER_BATCH), str(f))
+             for f in files]
     if len(sides[0]) != len(sides[1]):
         raise UserError(f"{files[0]} has {len(sides[0])} lines but {files[1]} has {len(sides[1])}: parallel files "
                         "need one sentence a line, line for line")

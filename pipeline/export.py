@@ -36,7 +36,8 @@ PreTrainedTokenizerFast(tokenizer_file=...), pass split_special_tokens=True for 
 ## ctranslate2
 
 Writes model.bin, config.json and shared_vocabulary.json (or source_ and
-target_vocabulary.json), which CTranslate2 loads with `ctranslate2.Translator(DIR)`. Built on
+target_vocabulary.json), which CTranslate2 loads with `ctranslate2.Translator(DIR)`, and the
+checkpoint's BPE as tokenizer.json (`tokenizers.Tokenizer.from_file`). Built on
 CTranslate2's own Transformer spec (`TransformerSpec.from_config`), which has both layouts, so
 pre-norm (the default, with its final LayerNorm per stack) and post-norm checkpoints export.
 Positions are our sinusoidal table itself, embeddings are scaled by √d_model, LayerNorm
@@ -348,4 +349,7 @@ def export_ctranslate2(checkpoint, out: str | Path, overwrite: bool = False,
     spec.optimize(quantization=quantization)  # aliases shared (tied) weights, converts the weight type
     out = empty_directory(out, overwrite)
     spec.save(str(out))
+    # The model's own BPE beside it: CTranslate2 takes subword tokens, so a user needs it to
+    # turn text into them and back (tokenizers.Tokenizer.from_file).
+    (out / "tokenizer.json").write_text(checkpoint.tokenizer.to_str(), encoding="utf-8")
     return sorted(out.iterdir())

@@ -149,6 +149,12 @@ def test_translate_stdin_and_text(smoke_run):
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
     single = run_cli("translate", "--ckpt", ckpt, "--text", "Ein Mann fährt Fahrrad.")
     assert single.stdout.splitlines() == [lines[0]]  # same model, same greedy output
+    # evaluate's decoding options: --max_tokens changes the batches only, --length_penalty is checked
+    text = "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n"
+    options = ["translate", "--ckpt", ckpt, "--beam", "2", "--length_penalty", "0.6"]
+    assert run_cli(*options, "--max_tokens", "8", input=text).stdout == run_cli(*options, input=text).stdout
+    bad = run_cli("translate", "--ckpt", ckpt, "--length_penalty", "-1", "--text", "Hallo", check=False)
+    assert bad.returncode == 2 and "--length_penalty must be >= 0" in bad.stderr
 
 
 def test_translate_truncates_over_long_input_with_warning(smoke_run):

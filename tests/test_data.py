@@ -103,6 +103,18 @@ def test_a_number_where_a_sentence_belongs_is_named(tmp_path, rows):
         load_split(str(tmp_path / "pairs.jsonl"), None, "de", "en")
 
 
+def test_a_byte_order_mark_is_not_part_of_a_column_name_or_a_sentence(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "pairs.csv").write_text(f"{bom}de,en\nHallo,Hello\n", encoding="utf-8")
+    (tmp_path / "pairs.tsv").write_text(f"{bom}de\ten\nHallo\tHello\n", encoding="utf-8")
+    (tmp_path / "train.de").write_text(f"{bom}Hallo\nZwei\n", encoding="utf-8")
+    (tmp_path / "train.en").write_text(f"{bom}Hello\nTwo\n", encoding="utf-8")
+    for path in ("pairs.csv", "pairs.tsv"):
+        assert load_split(str(tmp_path / path), None, "de", "en")[:] == {"src": ["Hallo"], "tgt": ["Hello"]}
+    assert load_split(str(tmp_path / "train"), None, "de", "en")[:] == {"src": ["Hallo", "Zwei"],
+                                                                          "tgt": ["Hello", "Two"]}
+
+
 def test_a_missing_split_names_the_options_of_each_command(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"de": "Hallo", "en": "Hello"}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"it has \['train'\].*--data.val_split.*--data.validation_path"):

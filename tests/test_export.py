@@ -168,6 +168,13 @@ def test_ctranslate2_export_translates_like_ours(tmp_path, pre_norm, tie):
             texts = decode(ours.tokenizer, [ctranslate2_ids(ours, r) for r in theirs])
             assert texts == Translator(ours, beam=1).translate(sources)
             assert texts[:6] == [p[1] for p in pairs[:6]]  # not degenerate: it reproduces its training pairs
+            # The README's use of an export: its own tokenizer.json, text in and text out.
+            import tokenizers
+
+            tokenizer = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+            tokenizer.encode_special_tokens = True
+            assert [tokenizer.encode(s.strip()).tokens for s in sources] == tokens
+            assert [tokenizer.decode([tokenizer.token_to_id(t) for t in r.hypotheses[0]]) for r in theirs] == texts
 
     # Weights stored as int8: smaller, and this overfitted model still translates its training pairs.
     out8 = tmp_path / "ct2-int8"
