@@ -279,6 +279,12 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
     # Under DDP the validation metrics come from every rank's gathered rows (module.eval_epoch_end),
     # the same on each rank: Lightning's advice to average them across ranks does not apply.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed")
+    # A resume writes into its own checkpoint directory on purpose; validate/test build the model
+    # from the checkpoint's own settings (use_checkpoint_config) and need none of fit's callbacks
+    # (for fit that warning stays: a resume without a callback of the first part loses its state).
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    if "fit" not in args:
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
     run_directory = RunDirectory()
     try:

@@ -52,7 +52,8 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     assert (tmp_path / "killed" / "config.yaml").read_text() == config_before
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
 
-    run_cli("fit", *ARGS, "--run.root", tmp_path, "--run.name", "killed", "--ckpt_path", "last")
+    resume = run_cli("fit", *ARGS, "--run.root", tmp_path, "--run.name", "killed", "--ckpt_path", "last")
+    assert "exists and is not empty" not in resume.stderr  # (Lightning's note on the run's own directory)
     whole, resumed = weights(tmp_path / "whole/checkpoints/last.ckpt"), weights(last)
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == STEPS
     for name in whole:
