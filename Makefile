@@ -56,8 +56,8 @@ average: setup ## average the newest LAST (5) epoch checkpoints of RUN (default:
 attention: setup ## attention heatmaps of CKPT on TEXT="..." into RUN/attention
 	$(PY) -m pipeline attention --ckpt $(CKPT) --text "$(TEXT)" --out $(RUN)/attention $(ARGS)
 
-export: setup ## write CKPT as FORMAT (hf-marian or ctranslate2) into RUN/export-FORMAT
-	$(PY) -m pipeline export --ckpt $(CKPT) --format $(FORMAT) --out $(RUN)/export-$(FORMAT) $(ARGS)
+export: setup ## write CKPT as FORMAT (hf-marian or ctranslate2) into RUN/export-FORMAT (an earlier export there is replaced)
+	$(PY) -m pipeline export --ckpt $(CKPT) --format $(FORMAT) --out $(RUN)/export-$(FORMAT) --overwrite $(ARGS)
 
 serve: setup ## serve CKPT: HTTP API and a web page at http://HOST:PORT/ (127.0.0.1:8000)
 	$(PY) -m pipeline serve --ckpt $(CKPT) --host $(HOST) --port $(PORT) $(ARGS)
