@@ -65,6 +65,13 @@ class CheckpointConfig:
     early_stop_patience: int | None = None
 
 
+CKPT_PATH_HELP = {  # [fit?]: --ckpt_path's help (TranslationCLI.parse_arguments)
+    False: "the checkpoint to score: a .ckpt file, or best / last for runs/NAME/checkpoints/{best,last}.ckpt of the "
+           "run --config (and --run.name) name",
+    True: "resume this run from a checkpoint: last (runs/NAME/checkpoints/last.ckpt) or a .ckpt file; the data and "
+          "model settings must be the run's own (--config runs/NAME/config.yaml)",
+}
+
 # What a resumed run must share with its first part: the data it reads (its tokenizer was trained
 # on that data, and the checkpoint's languages are these) and the whole model: section.
 RESUME_DATA_KEYS = ("path", "name", "src_lang", "tgt_lang", "vocab_size", "train_split")
@@ -133,6 +140,12 @@ def lightning_cli(args: list[str], extra_callbacks: list | None = None):
             parser.link_arguments("data.vocab_size", "model.vocab_size")
 
         def parse_arguments(self, parser, args) -> None:
+            # Lightning's help for --ckpt_path speaks of its model registry and of a model passed in
+            # Python; here it names a file of a run, or best / last of the run --config names.
+            for name, subparser in parser._subcommands_action._name_parser_map.items():
+                action = subparser._option_string_actions.get("--ckpt_path")
+                if action is not None:
+                    action.help = CKPT_PATH_HELP[name == "fit"]
             try:
                 super().parse_arguments(parser, args)
             except ArgumentError as e:  # one line instead of the usage and a tip (exit_on_error=False)

@@ -481,3 +481,10 @@ def test_translate_and_serve_start_without_lightning_or_datasets(smoke_run):
         out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ckpt_path_help_says_what_this_project_takes():
+    """Lightning's text speaks of its model registry; ours of runs and their best / last."""
+    for command, words in (("validate", "best / last"), ("fit", "resume this run")):
+        text = " ".join(run_cli(command, "--help").stdout.split())
+        assert words in text and "registry" not in text, command
