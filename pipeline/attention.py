@@ -204,6 +204,8 @@ class MultiHeadAttention(nn.Module):
     # Cross-attention of CPU decoding steps through batched products, not the fused kernel (see
     # forward); False: the fused kernel everywhere (the A/B script behind that choice sets it).
     CPU_CROSS_PRODUCTS = True
+    # bf16 self-attention of CPU decoding steps through batched products too (see forward).
+    CPU_BF16_SELF_PRODUCTS = True
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, fused: bool = True):
         super().__init__()
@@ -336,6 +338,11 @@ class MultiHeadAttention(nn.Module):
         by_products = static_kv and cache is not None and q.device.type == "cpu" and self.CPU_CROSS_PRODUCTS
         if by_products and not k.is_contiguous():
             cache.k, cache.v = k, v = k.contiguous(), v.contiguous()  # (B, h, S, d_k) each
+        # A bf16 decoding step's self-attention too: torch's fused CPU kernel in bf16 took 2-2.5x as
+        # long as the products over the cache's views (bench/results/2026-11-28-bf16-self-attention-products.*);
+        # in fp32 the fused kernel is the faster one, so fp32 keeps it.
+        by_products = by_products or (not static_kv and cache is not None and q.device.type == "cpu"
+                                      and q.dtype == torch.bfloat16 and self.CPU_BF16_SELF_PRODUCTS)
         if self.fused and not need_weights and not (dropping and q.device.type == "cpu") and not by_products:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                  dropout_p=self.dropout.p if dropping else 0.0)

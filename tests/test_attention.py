@@ -289,6 +289,31 @@ def test_cpu_cached_cross_attention_runs_products_and_equals_the_fused_kernel(fo
         torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_cached_self_attention_runs_products_in_bf16_only(dtype, monkeypatch):
+    """A CPU decoding step's self-attention keeps the fused kernel in fp32 (faster there) and runs
+    plain products in bf16 (the fused kernel's bf16 path is the slower one), with its results."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4).eval().to(dtype)
+    steps = [torch.randn(3, 1, 16).to(dtype) for _ in range(4)]
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
+
+    def decode(products: bool):
+        monkeypatch.setattr(MultiHeadAttention, "CPU_BF16_SELF_PRODUCTS", products)
+        cache = KVCache()
+        return [attn(x, cache=cache) for x in steps]
+
+    fused = decode(products=False)
+    assert len(calls) == len(steps)
+    calls.clear()
+    by_products = decode(products=True)
+    assert len(calls) == (len(steps) if dtype == torch.float32 else 0)
+    for got, expected in zip(by_products, fused):
+        torch.testing.assert_close(got, expected, atol=2e-2 if dtype == torch.bfloat16 else 1e-6, rtol=2e-2)
+
+
 def test_causal_flag_equals_an_explicit_causal_mask():
     torch.manual_seed(0)
     x = torch.randn(2, 6, 16)
