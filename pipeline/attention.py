@@ -338,9 +338,10 @@ class MultiHeadAttention(nn.Module):
         by_products = static_kv and cache is not None and q.device.type == "cpu" and self.CPU_CROSS_PRODUCTS
         if by_products and not k.is_contiguous():
             cache.k, cache.v = k, v = k.contiguous(), v.contiguous()  # (B, h, S, d_k) each
-        # A bf16 decoding step's self-attention too: torch's fused CPU kernel in bf16 took 2-2.5x as
-        # long as the products over the cache's views (bench/results/2026-11-28-bf16-self-attention-products.*);
-        # in fp32 the fused kernel is the faster one, so fp32 keeps it.
+        # A bf16 decoding step's self-attention too: torch's fused CPU kernel is the slower side in
+        # bf16 (whole bf16 decodes 1.09x greedy, 1.13x beam 4 with products:
+        # bench/results/2026-11-28-bf16-self-attention-products.json); in fp32 the fused kernel is
+        # the faster one, so fp32 keeps it.
         by_products = by_products or (not static_kv and cache is not None and q.device.type == "cpu"
                                       and q.dtype == torch.bfloat16 and self.CPU_BF16_SELF_PRODUCTS)
         if self.fused and not need_weights and not (dropping and q.device.type == "cpu") and not by_products:
